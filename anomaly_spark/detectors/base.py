@@ -1,0 +1,100 @@
+"""The detector interface: a detector is fitted into a model that scores rows.
+
+Higher ``anomaly_score`` means more anomalous for every detector. Detectors
+only produce scores; :func:`anomaly_spark.thresholds.flag_anomalies` turns
+scores into ``is_anomaly`` for all of them in one place.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from pyspark.sql import DataFrame
+
+__all__ = ["ParamSpec", "Detector", "DetectorModel", "DetectorParamError", "SCORE", "FEATURES"]
+
+SCORE = "anomaly_score"
+# Column with the scaled feature vector that detectors read.
+FEATURES = "features"
+
+
+class DetectorParamError(ValueError):
+    """A detector parameter is invalid; the message names detector, parameter, allowed values and the value."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Declaration of one detector parameter: type, default and allowed range or set."""
+
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+
+    def describe(self) -> str:
+        """Return the allowed values in words."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{self.kind.__name__} in [{low}, {high}]"
+
+
+class Detector(ABC):
+    """An unsupervised anomaly detector; subclasses declare ``name`` and ``params_spec``.
+
+    The constructor only stores parameters; :meth:`fit` validates them
+    against ``params_spec``.
+    """
+
+    name: ClassVar[str]
+    params_spec: ClassVar[Mapping[str, ParamSpec]] = {}
+    # True when fit trains on a bounded sample of rows (scoring still covers every row).
+    trains_on_sample: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = {key: spec.default for key, spec in self.params_spec.items()}
+        self.params.update(params)
+
+    def validated_params(self) -> dict[str, Any]:
+        """Return the parameters after checking each one against its declaration."""
+        for key in self.params:
+            if key not in self.params_spec:
+                allowed = ", ".join(sorted(self.params_spec)) or "(none)"
+                raise DetectorParamError(f"detector {self.name!r}: unknown parameter {key!r}; allowed parameters: {allowed}")
+        checked: dict[str, Any] = {}
+        for key, spec in self.params_spec.items():
+            value = self.params[key]
+            ok = isinstance(value, spec.kind) and not isinstance(value, bool) or (spec.kind is bool and isinstance(value, bool))
+            if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if ok and spec.choices is not None:
+                ok = value in spec.choices
+            if ok and spec.choices is None and spec.kind in (int, float):
+                ok = (spec.low is None or value >= spec.low) and (spec.high is None or value <= spec.high)
+            if not ok:
+                raise DetectorParamError(
+                    f"detector {self.name!r}: invalid value {value!r} for parameter {key!r}; allowed: {spec.describe()}"
+                )
+            checked[key] = value
+        return checked
+
+    @abstractmethod
+    def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> "DetectorModel":
+        """Fit on the ``features`` vector column of ``df`` and return the fitted model."""
+
+
+class DetectorModel(ABC):
+    """A fitted detector. ``transform`` appends ``anomaly_score`` and keeps every input row and column."""
+
+    def __init__(self, name: str, params: Mapping[str, Any]) -> None:
+        self.name = name
+        self.params = dict(params)
+
+    @abstractmethod
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Return ``df`` with an ``anomaly_score`` column (higher = more anomalous)."""

@@ -1,0 +1,280 @@
+"""Ingest a file or an API into the raw and flat Delta tables of a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.utils import AnalysisException
+
+from ..config import Config
+from ..logs import mask_secrets
+from .flatten import flatten_records
+from .http import ApiError, fetch_api_records
+
+__all__ = [
+    "IngestError",
+    "IngestResult",
+    "ingest_source",
+    "read_flat_snapshot",
+    "dataset_key_for",
+    "ROW_ID",
+    "RUN_ID",
+    "INGESTED_AT",
+]
+
+logger = logging.getLogger(__name__)
+
+ROW_ID = "_row_id"
+RUN_ID = "run_id"
+INGESTED_AT = "ingested_at"
+_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
+
+RAW_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(INGESTED_AT, T.TimestampType(), False),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("page", T.IntegerType(), True),
+        T.StructField("url", T.StringType(), True),
+        T.StructField("status", T.IntegerType(), True),
+        T.StructField("headers", T.StringType(), True),
+        T.StructField("fetched_at", T.StringType(), True),
+        T.StructField("body", T.StringType(), True),
+    ]
+)
+
+
+class IngestError(RuntimeError):
+    """The source cannot be read; the message names the source and the fix."""
+
+    exit_code = 10
+
+
+@dataclass
+class IngestResult:
+    """What ingestion wrote and counted."""
+
+    flat: DataFrame
+    rows: int
+    dataset_key: str
+    source: str
+    source_format: str
+    column_mapping: dict[str, str]
+    pages: int = 0
+    retries: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_key_for(source: str) -> str:
+    """Derive a stable dataset key from a path or URL (secrets and query removed)."""
+    if re.match(r"^https?://", source, re.I):
+        parts = urllib.parse.urlsplit(source)
+        text = f"{parts.hostname or ''}{parts.path}"
+    else:
+        text = Path(source.rstrip("/")).stem or source
+    key = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
+    return key[:80] or "dataset"
+
+
+def _detect_format(source: str, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if re.match(r"^https?://", source, re.I):
+        return "api"
+    path = Path(source)
+    if (path / "_delta_log").is_dir():
+        return "delta"
+    if path.is_dir():
+        files = [p for p in path.iterdir() if not p.name.startswith((".", "_"))]
+        suffixes = {p.suffix.lower() for p in files}
+        for suffix in suffixes:
+            if suffix in _EXTENSIONS:
+                return _EXTENSIONS[suffix]
+    fmt = _EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise IngestError(
+            f"cannot tell the format of {source}: use --format csv, json, parquet or delta"
+        )
+    return fmt
+
+
+def _json_starts_with_container(path: Path) -> bool:
+    """Return True when a local JSON file holds one document (an array or object spanning lines)."""
+    target = path
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in (".json",))
+        if not candidates:
+            return False
+        target = candidates[0]
+    try:
+        with open(target, "r", encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096).lstrip()
+    except OSError:
+        return False
+    if head.startswith("["):
+        return True
+    if head.startswith("{"):
+        # One record per line (JSON Lines) closes its first object on the first line.
+        first_line = head.split("\n", 1)[0].strip()
+        try:
+            json.loads(first_line)
+            return False
+        except json.JSONDecodeError:
+            return True
+    return False
+
+
+def _read_file(spark: SparkSession, source: str, fmt: str, config: Config) -> DataFrame:
+    path = Path(source)
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", source) and not path.exists():
+        raise IngestError(f"source not found: {source}; pass an existing path or an http(s) URL with --source")
+    records_path = config.get("source.records_path")
+    try:
+        if fmt == "csv":
+            csv_options = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.get("source.csv").items()}
+            if path.suffix.lower() == ".tsv" and "sep" not in (config.get("source.csv") or {}):
+                csv_options["sep"] = "\t"
+            # Values are read as text; the features stage casts numbers and reports what fails.
+            df = spark.read.options(**csv_options).option("inferSchema", "true").option("mode", "PERMISSIVE").csv(source)
+        elif fmt == "json":
+            multi_line = _json_starts_with_container(path)
+            df = spark.read.option("multiLine", str(multi_line).lower()).option("mode", "PERMISSIVE").json(source)
+        elif fmt == "parquet":
+            df = spark.read.parquet(source)
+        elif fmt == "delta":
+            df = spark.read.format("delta").load(source)
+        else:
+            raise IngestError(f"invalid format {fmt!r}; allowed: csv, json, parquet, delta")
+    except AnalysisException as exc:
+        raise IngestError(f"cannot read {source} as {fmt}: {str(exc).splitlines()[0]}") from None
+    if "_corrupt_record" in df.columns:
+        bad = df.filter(F.col("_corrupt_record").isNotNull()).count()
+        if bad:
+            sample = df.filter(F.col("_corrupt_record").isNotNull()).select("_corrupt_record").first()
+            preview = (sample[0] if sample else "")[:120]
+            raise IngestError(
+                f"{bad} record(s) of {source} are not valid {fmt.upper()}, for example {preview!r}; fix the file or use --format"
+            )
+    if records_path:
+        df = _select_records(df, records_path, source)
+    return df
+
+
+def _select_records(df: DataFrame, records_path: str, source: str) -> DataFrame:
+    try:
+        selected = df.select(F.col(records_path).alias("_records"))
+    except AnalysisException:
+        raise IngestError(
+            f"records path '{records_path}' not found in {source}; top-level fields: {', '.join(df.columns)}"
+        ) from None
+    data_type = selected.schema["_records"].dataType
+    if isinstance(data_type, T.ArrayType):
+        exploded = selected.select(F.explode("_records").alias("_record"))
+        if isinstance(data_type.elementType, T.StructType):
+            return exploded.select("_record.*")
+        return exploded.withColumnRenamed("_record", "value")
+    if isinstance(data_type, T.StructType):
+        return selected.select("_records.*")
+    raise IngestError(f"records path '{records_path}' in {source} is a {data_type.simpleString()}, not a list of records")
+
+
+def _records_to_df(spark: SparkSession, records: list[Any]) -> DataFrame:
+    lines = [json.dumps(record if isinstance(record, dict) else {"value": record}) for record in records]
+    rdd = spark.sparkContext.parallelize(lines, numSlices=max(1, min(8, len(lines) // 50_000 + 1)))
+    return spark.read.option("mode", "PERMISSIVE").json(rdd)
+
+
+def _write_raw(spark: SparkSession, raw: DataFrame, output: Path) -> None:
+    raw.write.format("delta").mode("append").partitionBy(RUN_ID).save(str(output / "delta" / "raw"))
+
+
+def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path) -> IngestResult:
+    """Read the configured source, write the raw and flat Delta tables, return the flat rows of this run."""
+    source = config.get("source.path")
+    fmt = _detect_format(source, config.get("source.format"))
+    ingested_at = F.current_timestamp()
+    shown_source = mask_secrets(source)
+    pages = retries = 0
+    if fmt == "api" or (fmt == "json" and re.match(r"^https?://", source, re.I)):
+        fmt = "api"
+        try:
+            result = fetch_api_records(source, config.section("api"), config.get("source.records_path"))
+        except ApiError:
+            raise
+        pages, retries = len(result.pages), result.retries
+        page_rows = [
+            (p.page, p.url, p.status, json.dumps(p.headers, sort_keys=True), p.fetched_at, p.body) for p in result.pages
+        ]
+        page_df = spark.createDataFrame(
+            page_rows, "page int, url string, status int, headers string, fetched_at string, body string"
+        )
+        raw = page_df.select(
+            F.lit(run_id).alias(RUN_ID), ingested_at.alias(INGESTED_AT), F.lit(shown_source).alias("source"), "*"
+        )
+        nested = _records_to_df(spark, result.records)
+    else:
+        nested = _read_file(spark, source, fmt, config)
+        raw = nested.select(
+            F.lit(run_id).alias(RUN_ID),
+            ingested_at.alias(INGESTED_AT),
+            F.lit(shown_source).alias("source"),
+            F.lit(None).cast("int").alias("page"),
+            F.lit(None).cast("string").alias("url"),
+            F.lit(None).cast("int").alias("status"),
+            F.lit(None).cast("string").alias("headers"),
+            F.lit(None).cast("string").alias("fetched_at"),
+            F.to_json(F.struct(*[F.col(f"`{c}`") for c in nested.columns])).alias("body"),
+        )
+    _write_raw(spark, raw.select(*[f.name for f in RAW_SCHEMA.fields]), output)
+
+    flat, mapping = flatten_records(nested)
+    reserved = {RUN_ID, INGESTED_AT, ROW_ID}
+    clashes = [c for c in flat.columns if c.lower() in reserved]
+    for name in clashes:
+        flat = flat.withColumnRenamed(name, f"source_{name}")
+        mapping = {raw_name: (f"source_{name}" if col == name else col) for raw_name, col in mapping.items()}
+    flat = flat.select(
+        F.lit(run_id).alias(RUN_ID),
+        ingested_at.alias(INGESTED_AT),
+        F.monotonically_increasing_id().alias(ROW_ID),
+        *[F.col(f"`{c}`") for c in flat.columns],
+    )
+    flat_path = output / "delta" / "flat"
+    try:
+        flat.write.format("delta").mode("append").option("mergeSchema", "true").partitionBy(RUN_ID).save(str(flat_path))
+    except AnalysisException as exc:
+        # NOTE: a column whose type differs from an earlier run's in the same output folder cannot be appended.
+        raise IngestError(
+            f"cannot append the flattened rows to {flat_path}: {str(exc).splitlines()[0]}. "
+            "A column changed its type since an earlier run; write this source to its own --output folder."
+        ) from None
+    snapshot = read_flat_snapshot(spark, output, run_id, list(mapping.values()))
+    rows = snapshot.count()
+    if rows == 0:
+        raise IngestError(f"the source {shown_source} holds no records; check the path, the format and source.records_path")
+    logger.info("ingested %d rows with %d columns from %s (%s)", rows, len(mapping), shown_source, fmt)
+    return IngestResult(
+        flat=snapshot,
+        rows=rows,
+        dataset_key=dataset_key_for(source),
+        source=shown_source,
+        source_format=fmt,
+        column_mapping=mapping,
+        pages=pages,
+        retries=retries,
+    )
+
+
+def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: list[str]) -> DataFrame:
+    """Read one run's flattened rows back from the flat Delta table, with this run's columns only."""
+    table = spark.read.format("delta").load(str(output / "delta" / "flat"))
+    return table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])

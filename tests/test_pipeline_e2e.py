@@ -1,0 +1,165 @@
+"""End-to-end runs on real data: benchmark tables, an API over loopback, missing values, JSON arrays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly_spark.cli import cli
+from anomaly_spark.config import load_config
+from anomaly_spark.pipeline import RunResult, run_analysis
+
+from .apiserver import ApiServer
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_ARTIFACTS = ["run_summary.json", "config.json", "models.csv", "scores.csv", "report.html"]
+
+
+def _run(spark: Any, output: Path, **settings: Any) -> RunResult:
+    extra = {"run.output": str(output), **settings}
+    return run_analysis(load_config(extra=extra), spark=spark)
+
+
+def _strict_json(path: Path) -> dict[str, Any]:
+    def reject(constant: str) -> None:
+        raise AssertionError(f"{path.name} contains {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def _assert_run_artifacts(result: RunResult) -> dict[str, Any]:
+    for name in REQUIRED_ARTIFACTS:
+        assert (result.run_dir / name).is_file(), name
+    summary = _strict_json(result.run_dir / "run_summary.json")
+    assert summary["status"] == "succeeded"
+    assert summary["rows_scored"] == summary["rows_ingested"]
+    assert summary["rows_dropped"]["total"] == 0
+    with open(result.run_dir / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == summary["rows_scored"]
+    flagged = sum(int(r["is_anomaly"]) for r in rows)
+    assert flagged == summary["anomalies_flagged"]
+    assert {r["model"] for r in rows} == {summary["best_model"]["name"]}
+    assert len(summary["models"]) >= 3
+    assert sorted(m["rank"] for m in summary["models"]) == list(range(1, len(summary["models"]) + 1))
+    assert summary["best_model"]["rationale"]
+    return summary
+
+
+@pytest.mark.parametrize("table", ["wbc", "thyroid", "cardio"])
+def test_pipeline_benchmark_table_beats_chance(spark: Any, benchmarks_dir: Path, output_dir: Path, table: str) -> None:
+    result = _run(
+        spark,
+        output_dir,
+        **{"source.path": str(benchmarks_dir / f"{table}.csv"), "source.label_column": "label", "run.plots": True},
+    )
+    summary = _assert_run_artifacts(result)
+    expected_rows = len(pd.read_csv(benchmarks_dir / f"{table}.csv"))
+    assert summary["rows_ingested"] == expected_rows
+    assert "label" not in summary["features"]["selected"]
+    assert summary["features"]["excluded"]["label"].startswith("label column")
+    best_auc = summary["best_model"]["metrics"]["roc_auc"]
+    assert best_auc is not None and best_auc > 0.75, summary["models"]
+    for model in summary["models"]:
+        assert 0.0 < model["anomaly_rate"] <= 0.06
+    assert (result.run_dir / "plots" / "score_distribution.png").stat().st_size > 1000
+    assert (result.run_dir / "plots" / "projection_2d.png").stat().st_size > 1000
+
+    history = spark.read.format("delta").load(str(output_dir / "delta" / "metrics_history"))
+    assert history.filter(f"run_id = '{result.run_id}' AND metric = 'roc_auc'").count() == len(summary["models"])
+    scores = spark.read.format("delta").load(str(output_dir / "delta" / "scores"))
+    assert scores.filter(f"run_id = '{result.run_id}'").count() == expected_rows * len(summary["models"])
+
+
+def _serve_file(path: Path) -> Any:
+    body = path.read_bytes()
+
+    def handler(query: dict[str, list[str]], headers: dict[str, str], count: int) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Type": "application/json"}, body
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("file_name", "records_path", "expected_column"),
+    [
+        ("usgs_earthquakes_all_day_2014.json", "features", "properties_mag"),
+        ("coingecko_coins_markets.json", "", "current_price"),
+    ],
+)
+def test_pipeline_api_source_over_loopback(
+    spark: Any, api_samples_dir: Path, output_dir: Path, file_name: str, records_path: str, expected_column: str
+) -> None:
+    sample = api_samples_dir / file_name
+    document = json.loads(sample.read_text())
+    expected_rows = len(document["features"]) if records_path else len(document)
+    server = ApiServer({"/data": _serve_file(sample)})
+    try:
+        result = _run(spark, output_dir, **{"source.path": server.url("/data"), "source.records_path": records_path})
+    finally:
+        server.close()
+    summary = _assert_run_artifacts(result)
+    assert summary["source_format"] == "api"
+    assert summary["rows_ingested"] == expected_rows
+    assert expected_column in summary["features"]["selected"]
+    raw = spark.read.format("delta").load(str(output_dir / "delta" / "raw")).filter(f"run_id = '{result.run_id}'")
+    assert raw.count() == 1
+    assert json.loads(raw.first()["body"]) == document
+    flat = spark.read.format("delta").load(str(output_dir / "delta" / "flat")).filter(f"run_id = '{result.run_id}'")
+    assert flat.count() == expected_rows
+    assert {"run_id", "ingested_at"} <= set(flat.columns)
+
+
+def test_pipeline_every_row_missing_one_value(spark: Any, benchmarks_dir: Path, output_dir: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(benchmarks_dir / "wbc.csv")
+    features = [c for c in frame.columns if c != "label"]
+    frame[features] = frame[features].astype(float)
+    for row in range(len(frame)):
+        frame.loc[row, features[row % len(features)]] = math.nan
+    source = tmp_path / "wbc_missing.csv"
+    frame.to_csv(source, index=False)
+    result = _run(spark, output_dir, **{"source.path": str(source), "source.label_column": "label"})
+    summary = _assert_run_artifacts(result)
+    assert summary["rows_scored"] == len(frame)
+    assert summary["missing_cells_filled"] == len(frame)
+    scores = pd.read_csv(result.run_dir / "scores.csv")
+    assert not scores[features].isna().any().any()
+    assert summary["best_model"]["metrics"]["roc_auc"] > 0.75
+
+
+def test_pipeline_multiline_json_array(spark: Any, benchmarks_dir: Path, output_dir: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(benchmarks_dir / "wbc.csv")
+    source = tmp_path / "wbc.json"
+    source.write_text(json.dumps(frame.to_dict(orient="records"), indent=2))
+    assert source.read_text().count("\n") > len(frame)
+    result = _run(spark, output_dir, **{"source.path": str(source), "source.label_column": "label"})
+    summary = _assert_run_artifacts(result)
+    assert summary["source_format"] == "json"
+    assert summary["rows_ingested"] == len(frame)
+
+
+def test_cli_bad_set_value_exits_with_message(tmp_path: Path) -> None:
+    runner = CliRunner()
+    outcome = runner.invoke(cli, ["run", "--output", str(tmp_path), "--set", "detection.contamination=lots"])
+    assert outcome.exit_code == 2
+    assert "detection.contamination" in outcome.output
+    assert "'lots'" in outcome.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pipeline_bundled_sample_flags_malignant(spark: Any, output_dir: Path) -> None:
+    result = _run(spark, output_dir)
+    summary = _assert_run_artifacts(result)
+    assert summary["rows_ingested"] == 377
+    assert summary["label_column"] == "malignant"
+    assert "patient_id" not in summary["features"]["selected"]
+    assert 10 <= summary["anomalies_flagged"] <= 25
+    assert summary["best_model"]["metrics"]["roc_auc"] > 0.8
