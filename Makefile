@@ -29,7 +29,11 @@ run: setup
 typecheck: setup
 	$(VENV)/bin/mypy anomaly_spark
 
-test: setup typecheck
+# helm is compiled from the Go module proxy for the chart tests (a few minutes on first use).
+.cache/bin/helm: scripts/install-helm.sh
+	bash scripts/install-helm.sh
+
+test: setup typecheck .cache/bin/helm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -50,14 +51,28 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "features.max_null_share": (0.0, 1.0),
     "preprocess.impute_k": (1, 1000),
     "preprocess.impute_rounds": (0, 100),
+    "source.max_array_positions": (0, 10_000),
     "api.max_retries": (0, 100),
     "api.max_pages": (1, None),
+    "api.pagination.limit": (1, None),
+    "api.pagination.start_page": (0, None),
     "api.connect_timeout_s": (0.001, None),
     "api.read_timeout_s": (0.001, None),
     "api.backoff_initial_s": (0.0, None),
     "api.backoff_max_s": (0.0, None),
     "report.plot_sample_rows": (10, 1_000_000),
     "report.top_anomalies": (0, 10_000),
+    "drift.baseline_runs": (1, 1000),
+    "drift.psi_bins": (2, 50),
+    "drift.psi_threshold": (0.0, None),
+    "drift.ks_alpha": (1e-12, 0.5),
+    "drift.ks_min_statistic": (0.0, 1.0),
+    "drift.anomaly_rate_z_threshold": (0.0, None),
+    "drift.quantile_accuracy": (100, 1_000_000),
+    "retrain.max_anomaly_rate_deviation": (0.0, None),
+    "retrain.max_metric_drop": (0.0, 1.0),
+    "retrain.max_row_change_factor": (1.0, None),
+    "retrain.max_model_age_days": (0.0, None),
 }
 
 
@@ -100,11 +115,17 @@ class Config:
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
         """Return a new validated config with dotted-key overrides applied."""
         data = self.to_dict()
-        defaults = _load_yaml(DEFAULT_CONFIG_PATH)
+        defaults = _load_defaults()
         for key, value in overrides.items():
             _set_dotted(data, defaults, key, value)
         _validate(data, defaults)
         return Config(data)
+
+
+def _load_defaults() -> dict[str, Any]:
+    # importlib.resources also reads the defaults from a zip shipped with spark-submit --py-files.
+    text = resources.files("anomaly_spark").joinpath("default.yaml").read_text(encoding="utf-8")
+    return _parse_yaml(text, DEFAULT_CONFIG_PATH)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -112,6 +133,10 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    return _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -283,7 +308,7 @@ def load_config(
     ConfigError
         On an unknown key or a value of the wrong type or outside its allowed set.
     """
-    defaults = _load_yaml(DEFAULT_CONFIG_PATH)
+    defaults = _load_defaults()
     data = copy.deepcopy(defaults)
     if config_file:
         _merge(data, _load_yaml(Path(config_file)), defaults, "")
