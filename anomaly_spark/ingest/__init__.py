@@ -16,8 +16,9 @@ from pyspark.sql import types as T
 from pyspark.sql.utils import AnalysisException
 
 from ..config import Config
+from ..history import retry_on_write_conflict
 from ..logs import mask_secrets
-from .flatten import flatten_records
+from .flatten import FlattenError, flatten_records
 from .http import ApiError, fetch_api_records
 
 __all__ = [
@@ -165,11 +166,11 @@ def _read_file(spark: SparkSession, source: str, fmt: str, config: Config) -> Da
                 f"{bad} record(s) of {source} are not valid {fmt.upper()}, for example {preview!r}; fix the file or use --format"
             )
     if records_path:
-        df = _select_records(df, records_path, source)
+        df = _select_records(df, records_path, source, config.get("source.records_key_column"))
     return df
 
 
-def _select_records(df: DataFrame, records_path: str, source: str) -> DataFrame:
+def _select_records(df: DataFrame, records_path: str, source: str, key_column: str) -> DataFrame:
     try:
         selected = df.select(F.col(records_path).alias("_records"))
     except AnalysisException:
@@ -182,9 +183,36 @@ def _select_records(df: DataFrame, records_path: str, source: str) -> DataFrame:
         if isinstance(data_type.elementType, T.StructType):
             return exploded.select("_record.*")
         return exploded.withColumnRenamed("_record", "value")
+    if isinstance(data_type, T.StructType) and data_type.fields and all(isinstance(f.dataType, T.ArrayType) for f in data_type.fields):
+        return _gather_dynamic_keys(selected, data_type, key_column)
     if isinstance(data_type, T.StructType):
         return selected.select("_records.*")
     raise IngestError(f"records path '{records_path}' in {source} is a {data_type.simpleString()}, not a list of records")
+
+
+def _gather_dynamic_keys(selected: DataFrame, data_type: T.StructType, key_column: str) -> DataFrame:
+    """Gather the lists held under dynamic keys (such as dates) into one table, the key in ``key_column``.
+
+    Each key's list has its own inferred element type, so the elements pass
+    through JSON text and are read again with one schema for all keys.
+    """
+    parts = [
+        selected.select(F.lit(f.name).alias("key"), F.explode(F.col("_records").getField(f.name)).alias("element")).select(
+            # Wrapped in an array because to_json takes structs, arrays and maps but not scalars.
+            "key", F.to_json(F.array("element")).alias("element")
+        )
+        for f in data_type.fields
+    ]
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = combined.unionByName(part)
+
+    def to_record(row: Any) -> str:
+        element = json.loads(row[1])[0]
+        record = {key_column: row[0], **element} if isinstance(element, dict) else {key_column: row[0], "value": element}
+        return json.dumps(record)
+
+    return combined.sparkSession.read.option("mode", "PERMISSIVE").json(combined.rdd.map(to_record))
 
 
 def _records_to_df(spark: SparkSession, records: list[Any]) -> DataFrame:
@@ -194,7 +222,10 @@ def _records_to_df(spark: SparkSession, records: list[Any]) -> DataFrame:
 
 
 def _write_raw(spark: SparkSession, raw: DataFrame, output: Path) -> None:
-    raw.write.format("delta").mode("append").partitionBy(RUN_ID).save(str(output / "delta" / "raw"))
+    path = str(output / "delta" / "raw")
+    retry_on_write_conflict(
+        lambda: raw.write.format("delta").mode("append").partitionBy(RUN_ID).save(path), "append to the raw table"
+    )
 
 
 def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path) -> IngestResult:
@@ -204,13 +235,14 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
     ingested_at = F.current_timestamp()
     shown_source = mask_secrets(source)
     pages = retries = 0
+    extra: dict[str, Any] = {}
     if fmt == "api" or (fmt == "json" and re.match(r"^https?://", source, re.I)):
         fmt = "api"
-        try:
-            result = fetch_api_records(source, config.section("api"), config.get("source.records_path"))
-        except ApiError:
-            raise
+        result = fetch_api_records(
+            source, config.section("api"), config.get("source.records_path"), config.get("source.records_key_column")
+        )
         pages, retries = len(result.pages), result.retries
+        extra["api"] = {"pages": pages, "retries": retries, "stop_reason": result.stop_reason, "records": len(result.records)}
         page_rows = [
             (p.page, p.url, p.status, json.dumps(p.headers, sort_keys=True), p.fetched_at, p.body) for p in result.pages
         ]
@@ -236,7 +268,24 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
         )
     _write_raw(spark, raw.select(*[f.name for f in RAW_SCHEMA.fields]), output)
 
-    flat, mapping = flatten_records(nested)
+    flat_path = output / "delta" / "flat"
+    table_types = _table_types(spark, flat_path)
+    keep_text = [name for name, data_type in table_types.items() if isinstance(data_type, T.StringType)]
+    if config.get("source.id_column"):
+        keep_text.append(config.get("source.id_column"))
+    try:
+        flattened = flatten_records(
+            nested,
+            explode=list(config.get("source.explode") or []),
+            null_values=[str(v) for v in config.get("source.null_values") or []],
+            max_array_positions=int(config.get("source.max_array_positions")),
+            cast_numbers=bool(config.get("source.cast_numbers")),
+            keep_text=keep_text,
+        )
+    except FlattenError as exc:
+        raise IngestError(str(exc)) from None
+    flat, mapping = flattened.data, flattened.mapping
+    extra["flatten"] = flattened.summary()
     reserved = {RUN_ID, INGESTED_AT, ROW_ID}
     clashes = [c for c in flat.columns if c.lower() in reserved]
     for name in clashes:
@@ -248,9 +297,12 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
         F.monotonically_increasing_id().alias(ROW_ID),
         *[F.col(f"`{c}`") for c in flat.columns],
     )
-    flat_path = output / "delta" / "flat"
+    flat = _align_to_table(flat, table_types, flat_path)
     try:
-        flat.write.format("delta").mode("append").option("mergeSchema", "true").partitionBy(RUN_ID).save(str(flat_path))
+        retry_on_write_conflict(
+            lambda: flat.write.format("delta").mode("append").option("mergeSchema", "true").partitionBy(RUN_ID).save(str(flat_path)),
+            "append to the flat table",
+        )
     except AnalysisException as exc:
         # NOTE: a column whose type differs from an earlier run's in the same output folder cannot be appended.
         raise IngestError(
@@ -261,6 +313,10 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
     rows = snapshot.count()
     if rows == 0:
         raise IngestError(f"the source {shown_source} holds no records; check the path, the format and source.records_path")
+    if fmt == "api":
+        expected = extra["api"]["records"] + sum(flattened.exploded.values())
+        if rows != expected:
+            raise IngestError(f"the flat table contains {rows} rows of run {run_id} but {expected} were expected from the API records")
     logger.info("ingested %d rows with %d columns from %s (%s)", rows, len(mapping), shown_source, fmt)
     return IngestResult(
         flat=snapshot,
@@ -271,7 +327,47 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
         column_mapping=mapping,
         pages=pages,
         retries=retries,
+        extra=extra,
     )
+
+
+def _table_types(spark: SparkSession, path: Path) -> dict[str, T.DataType]:
+    """Return the column types of the Delta table at ``path``, or nothing when it does not exist yet."""
+    if not (path / "_delta_log").is_dir():
+        return {}
+    schema = spark.read.format("delta").load(str(path)).schema
+    return {f.name.lower(): f.dataType for f in schema.fields}
+
+
+_NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+
+
+def _align_to_table(flat: DataFrame, table_types: dict[str, T.DataType], flat_path: Path) -> DataFrame:
+    """Cast columns to the type an earlier run stored, where no value changes meaning.
+
+    Any value fits a text column, and any number fits a double column. Other
+    differences (text into a number column) cannot be appended and raise.
+    """
+    columns: list[Any] = []
+    conflicts: list[str] = []
+    for f in flat.schema.fields:
+        column = F.col(f"`{f.name}`")
+        stored = table_types.get(f.name.lower())
+        if stored is None or stored == f.dataType or isinstance(f.dataType, T.NullType):
+            columns.append(column)
+        elif isinstance(stored, T.StringType):
+            columns.append(column.cast("string").alias(f.name))
+        elif isinstance(stored, (T.DoubleType, T.LongType)) and isinstance(f.dataType, _NUMERIC_TYPES):
+            columns.append(column.cast(stored).alias(f.name))
+        else:
+            conflicts.append(f"{f.name} ({f.dataType.simpleString()}, stored as {stored.simpleString()})")
+            columns.append(column)
+    if conflicts:
+        raise IngestError(
+            f"cannot append the flattened rows to {flat_path}: column(s) {', '.join(conflicts)} changed type since an "
+            "earlier run; write this source to its own --output folder."
+        )
+    return flat.select(*columns)
 
 
 def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: list[str]) -> DataFrame:
