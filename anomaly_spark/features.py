@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -13,13 +14,18 @@ from pyspark.sql import types as T
 from .config import Config
 from .ingest import ROW_ID
 
-__all__ = ["FeatureError", "FeatureSelection", "select_features", "LABEL"]
+__all__ = ["FeatureError", "FeatureSelection", "select_features", "feature_summary", "LABEL"]
 
 logger = logging.getLogger(__name__)
 
 # Name of the evaluation label column in prepared DataFrames.
 LABEL = "_label"
 _NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+_NOT_NUMERIC = (T.StructType, T.ArrayType, T.MapType, T.BinaryType, T.DateType, T.TimestampType, T.TimestampNTZType)
+# Identifier detection needs this many values, so a tiny table's columns are not all "unique and sorted".
+_IDENTIFIER_MIN_ROWS = 20
+# Rows read in source order to check that a unique integer column is monotonic.
+_IDENTIFIER_SAMPLE_ROWS = 1000
 
 
 class FeatureError(ValueError):
@@ -38,6 +44,11 @@ class FeatureSelection:
         Numeric feature columns, in source order.
     excluded : dict
         Column name to the reason it is not a feature.
+    exclusion_kinds : dict
+        Column name to a stable code for the reason: ``label``,
+        ``id_column``, ``config_exclude``, ``not_included``, ``not_numeric``,
+        ``all_null``, ``constant``, ``near_constant``, ``identifier`` or
+        ``null_share``.
     data : DataFrame
         ``_row_id``, the id column if any, the features as doubles (missing
         cells are null) and ``_label`` when a label column is configured.
@@ -53,6 +64,8 @@ class FeatureSelection:
     null_counts: dict[str, int] = field(default_factory=dict)
     unparseable: dict[str, int] = field(default_factory=dict)
     id_column: str | None = None
+    exclusion_kinds: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
 
 
 def _quoted(name: str) -> Column:
@@ -75,19 +88,20 @@ def _as_double(name: str, data_type: T.DataType, null_values: list[str]) -> Colu
 def select_features(df: DataFrame, config: Config) -> FeatureSelection:
     """Choose numeric features in one distributed pass and cast them to double.
 
-    A numeric column is kept unless it is all null, constant, or has more
-    nulls than ``features.max_null_share``. A text column is kept when at
-    least ``features.min_numeric_share`` of its non-empty values parse as
-    numbers; the others become null and are counted. ``features.include``
-    and ``features.exclude`` override the automatic choice.
+    A numeric column is kept unless it is all null, constant or
+    near-constant (``features.near_constant_share``), identifier-like
+    (integer, unique and increasing in row order, with
+    ``features.exclude_identifiers``) or has more nulls than
+    ``features.max_null_share``. A text column is kept when at least
+    ``features.min_numeric_share`` of its non-empty values parse as numbers;
+    the others become null and are counted. ``features.include`` and
+    ``features.exclude`` override the automatic choice.
     """
     label_column = config.get("source.label_column") or None
     id_column = config.get("source.id_column") or None
     include = list(config.get("features.include") or [])
     exclude = set(config.get("features.exclude") or [])
     null_values = [str(v) for v in config.get("source.null_values") or []]
-    min_numeric_share = float(config.get("features.min_numeric_share"))
-    max_null_share = float(config.get("features.max_null_share"))
 
     columns = [c for c in df.columns if c != ROW_ID]
     for name, role in ((label_column, "source.label_column"), (id_column, "source.id_column")):
@@ -98,74 +112,48 @@ def select_features(df: DataFrame, config: Config) -> FeatureSelection:
         raise FeatureError(f"features.include names columns the data lacks: {', '.join(missing_includes)}")
 
     excluded: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+
+    def exclude_column(name: str, kind: str, reason: str) -> None:
+        excluded[name] = reason
+        kinds[name] = kind
+
+    types = {f.name: f.dataType for f in df.schema.fields}
     candidates: list[str] = []
     for name in columns:
         if name == label_column:
-            excluded[name] = "label column, used for evaluation only"
+            exclude_column(name, "label", "label column, used for evaluation only")
         elif name == id_column:
-            excluded[name] = "row identifier (source.id_column)"
+            exclude_column(name, "id_column", "row identifier (source.id_column)")
         elif name in exclude:
-            excluded[name] = "excluded by config (features.exclude)"
+            exclude_column(name, "config_exclude", "excluded by config (features.exclude)")
         elif include and name not in include:
-            excluded[name] = "not listed in features.include"
+            exclude_column(name, "not_included", "not listed in features.include")
+        elif isinstance(types[name], _NOT_NUMERIC):
+            exclude_column(name, "not_numeric", f"not numeric ({types[name].simpleString()})")
         else:
             candidates.append(name)
 
-    types = {f.name: f.dataType for f in df.schema.fields}
-    candidates_kept: list[str] = []
-    for name in candidates:
-        if isinstance(types[name], (T.StructType, T.ArrayType, T.MapType, T.BinaryType)):
-            excluded[name] = f"not numeric ({types[name].simpleString()})"
-        elif isinstance(types[name], (T.DateType, T.TimestampType, T.TimestampNTZType)):
-            excluded[name] = f"not numeric ({types[name].simpleString()})"
-        else:
-            candidates_kept.append(name)
-    candidates = candidates_kept
-
-    cast = {name: _as_double(name, types[name], null_values) for name in candidates}
-    aggregates: list[Column] = [F.count(F.lit(1)).alias("__rows")]
-    for index, name in enumerate(candidates):
-        value = cast[name]
-        original_present = _quoted(name).isNotNull()
-        if not isinstance(types[name], (_NUMERIC, T.BooleanType)):
-            original_present = original_present & ~F.trim(_quoted(name).cast("string")).isin(*null_values) if null_values else original_present
-        aggregates += [
-            F.sum(original_present.cast("long")).alias(f"present{index}"),
-            F.count(value).alias(f"parsed{index}"),
-            F.min(value).alias(f"min{index}"),
-            F.max(value).alias(f"max{index}"),
-        ]
-    stats = df.agg(*aggregates).first()
-    assert stats is not None
-    total = int(stats["__rows"])
+    as_double = {name: _as_double(name, types[name], null_values) for name in candidates}
+    stats = _column_stats(df, candidates, types, as_double, null_values, float(config.get("features.near_constant_share")))
+    total = stats.rows
+    identifiers = _identifier_columns(df, stats, config) if config.get("features.exclude_identifiers") else {}
 
     features: list[str] = []
     null_counts: dict[str, int] = {}
     unparseable: dict[str, int] = {}
-    for index, name in enumerate(candidates):
-        present = int(stats[f"present{index}"] or 0)
-        parsed = int(stats[f"parsed{index}"] or 0)
-        is_text = not isinstance(types[name], (_NUMERIC, T.BooleanType))
+    for name in candidates:
+        column = stats.columns[name]
+        kind_reason = _exclusion(name, column, total, config, identifiers.get(name))
         forced = name in include
-        if parsed == 0:
-            excluded[name] = "all values are null" if present == 0 else "not numeric (no value parses as a number)"
-            continue
-        if is_text and present and parsed / present < min_numeric_share and not forced:
-            excluded[name] = (
-                f"not numeric ({parsed} of {present} values parse as numbers, below features.min_numeric_share={min_numeric_share})"
-            )
-            continue
-        if stats[f"min{index}"] == stats[f"max{index}"] and not forced:
-            excluded[name] = f"constant (every value is {stats[f'min{index}']})"
-            continue
-        null_share = (total - parsed) / total if total else 1.0
-        if null_share > max_null_share and not forced:
-            excluded[name] = f"null share {null_share:.3f} above features.max_null_share={max_null_share}"
+        # features.include overrides every reason except a column without a single number.
+        if kind_reason and (not forced or kind_reason[0] in ("all_null", "not_numeric")):
+            exclude_column(name, *kind_reason)
             continue
         features.append(name)
-        null_counts[name] = total - parsed
-        if is_text and present > parsed:
-            unparseable[name] = present - parsed
+        null_counts[name] = total - column["parsed"]
+        if column["is_text"] and column["present"] > column["parsed"]:
+            unparseable[name] = column["present"] - column["parsed"]
 
     if not features:
         reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "the data has no columns"
@@ -179,7 +167,7 @@ def select_features(df: DataFrame, config: Config) -> FeatureSelection:
     selected: list[Column] = [F.col(ROW_ID)]
     if id_column:
         selected.append(_quoted(id_column).cast("string").alias(id_column))
-    selected += [cast[name].alias(name) for name in features]
+    selected += [as_double[name].alias(name) for name in features]
     if label_column:
         selected.append(_as_double(label_column, types[label_column], null_values).alias(LABEL))
     data = df.select(*selected)
@@ -191,7 +179,133 @@ def select_features(df: DataFrame, config: Config) -> FeatureSelection:
         null_counts=null_counts,
         unparseable=unparseable,
         id_column=id_column,
+        exclusion_kinds=kinds,
+        rows=total,
     )
+
+
+@dataclass
+class _Stats:
+    rows: int
+    columns: dict[str, dict[str, Any]]
+
+
+def _column_stats(
+    df: DataFrame,
+    candidates: list[str],
+    types: dict[str, T.DataType],
+    as_double: dict[str, Column],
+    null_values: list[str],
+    near_constant_share: float,
+) -> _Stats:
+    """Compute per candidate column the counts, range, central quantiles and distinct estimate, in one pass."""
+    low = 1.0 - near_constant_share
+    aggregates: list[Column] = [F.count(F.lit(1)).alias("__rows")]
+    for index, name in enumerate(candidates):
+        value = as_double[name]
+        original_present = _quoted(name).isNotNull()
+        if not isinstance(types[name], (_NUMERIC, T.BooleanType)) and null_values:
+            original_present = original_present & ~F.trim(_quoted(name).cast("string")).isin(*null_values)
+        aggregates += [
+            F.sum(original_present.cast("long")).alias(f"present{index}"),
+            F.count(value).alias(f"parsed{index}"),
+            F.min(value).alias(f"min{index}"),
+            F.max(value).alias(f"max{index}"),
+            F.approx_count_distinct(value).alias(f"distinct{index}"),
+            F.sum(F.when(value != F.floor(value), 1).otherwise(0)).alias(f"fractional{index}"),
+        ]
+        if near_constant_share < 1.0:
+            aggregates.append(F.percentile_approx(value, [low, near_constant_share], 10_000).alias(f"central{index}"))
+    row = df.agg(*aggregates).first()
+    assert row is not None
+    columns: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(candidates):
+        central = row[f"central{index}"] if near_constant_share < 1.0 else None
+        columns[name] = {
+            "is_text": not isinstance(types[name], (_NUMERIC, T.BooleanType)),
+            "present": int(row[f"present{index}"] or 0),
+            "parsed": int(row[f"parsed{index}"] or 0),
+            "min": row[f"min{index}"],
+            "max": row[f"max{index}"],
+            "distinct": int(row[f"distinct{index}"] or 0),
+            "integer": int(row[f"fractional{index}"] or 0) == 0,
+            "central": list(central) if central is not None else None,
+        }
+    return _Stats(rows=int(row["__rows"]), columns=columns)
+
+
+def _exclusion(
+    name: str, column: dict[str, Any], total: int, config: Config, identifier_reason: str | None
+) -> tuple[str, str] | None:
+    """Return the (kind, reason) that excludes a candidate column, or None when it is a feature."""
+    present, parsed = column["present"], column["parsed"]
+    min_numeric_share = float(config.get("features.min_numeric_share"))
+    max_null_share = float(config.get("features.max_null_share"))
+    near_constant_share = float(config.get("features.near_constant_share"))
+    if parsed == 0:
+        if present == 0:
+            return "all_null", "all values are null"
+        return "not_numeric", "not numeric (no value parses as a number)"
+    if column["is_text"] and present and parsed / present < min_numeric_share:
+        return "not_numeric", (
+            f"not numeric ({parsed} of {present} values parse as numbers, below features.min_numeric_share={min_numeric_share})"
+        )
+    if column["min"] == column["max"]:
+        return "constant", f"constant (every value is {column['min']})"
+    central = column["central"]
+    if central is not None and central[0] == central[1]:
+        return "near_constant", (
+            f"near-constant (at least {2 * near_constant_share - 1:.3f} of the values equal {central[0]}; "
+            f"features.near_constant_share={near_constant_share})"
+        )
+    if identifier_reason:
+        return "identifier", identifier_reason
+    null_share = (total - parsed) / total if total else 1.0
+    if null_share > max_null_share:
+        return "null_share", f"null share {null_share:.3f} above features.max_null_share={max_null_share}"
+    return None
+
+
+def _identifier_columns(df: DataFrame, stats: _Stats, config: Config) -> dict[str, str]:
+    """Find integer columns that are unique and increasing or decreasing in row order.
+
+    A column is a suspect when the distinct estimate of the stats pass
+    (HyperLogLog++, 5% relative standard deviation) reaches 90% of its
+    non-null count. Uniqueness and order are then checked exactly on the
+    first ``_IDENTIFIER_SAMPLE_ROWS`` rows in ``_row_id`` order, for all
+    suspects in one Spark job.
+    """
+    near_constant_share = float(config.get("features.near_constant_share"))
+    suspects: dict[str, dict[str, Any]] = {}
+    for name, column in stats.columns.items():
+        parsed = column["parsed"]
+        if parsed < _IDENTIFIER_MIN_ROWS or not column["integer"] or column["min"] is None:
+            continue
+        if column["distinct"] < 0.9 * parsed:
+            continue
+        if column["central"] is not None and column["central"][0] == column["central"][1] and near_constant_share < 1.0:
+            continue
+        suspects[name] = column
+    if not suspects:
+        return {}
+    prefix = cast(pd.DataFrame, df.orderBy(ROW_ID).select(*[_quoted(n) for n in suspects]).limit(_IDENTIFIER_SAMPLE_ROWS).toPandas())
+    found: dict[str, str] = {}
+    for name, column in suspects.items():
+        values = pd.to_numeric(prefix[name], errors="coerce").dropna()
+        if len(values) < _IDENTIFIER_MIN_ROWS:
+            continue
+        increasing = bool(values.is_monotonic_increasing and values.is_unique)
+        decreasing = bool(values.is_monotonic_decreasing and values.is_unique)
+        if not (increasing or decreasing):
+            continue
+        dense = float(column["max"]) - float(column["min"]) + 1 == column["parsed"]
+        order = "increasing" if increasing else "decreasing"
+        found[name] = (
+            f"identifier-like (unique integers, {order} in row order"
+            + (f", a dense range {column['min']:g}..{column['max']:g}" if dense else f" over the first {len(values)} rows")
+            + "); name it in features.include to use it"
+        )
+    return found
 
 
 def feature_summary(selection: FeatureSelection) -> dict[str, Any]:
@@ -199,6 +313,7 @@ def feature_summary(selection: FeatureSelection) -> dict[str, Any]:
     return {
         "selected": selection.features,
         "excluded": selection.excluded,
+        "exclusion_kinds": selection.exclusion_kinds,
         "missing_cells": selection.null_counts,
         "unparseable_values": selection.unparseable,
     }

@@ -1,73 +1,125 @@
 """KMeans-based missing-value fill as a Spark ML Estimator and Model.
 
 ``KMeansImputer.fit`` standardises the features, seeds missing cells with
-column means, clusters with Spark's KMeans, then refines the centroids for
-``rounds`` passes in which each row joins the centroid nearest on its
-observed features only and each centroid becomes the mean of its members'
-observed values. ``KMeansImputerModel.transform`` fills every missing cell
-from the nearest centroid on the row's observed features; a row with no
-observed feature takes the column means.
+column means and clusters with Spark's KMeans. It then refines the
+centroids for up to ``rounds`` passes. In each pass every row joins the
+centroid nearest on its observed features only, and each centroid becomes
+the mean of its members' observed values. ``KMeansImputerModel.transform`` fills every missing cell
+from the nearest centroid on the row's observed features. A row with no
+observed feature takes the column means; fit counts such rows and
+:meth:`KMeansImputerModel.summarizeMissing` counts them in any data set.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from pyspark import keyword_only
+from pyspark import StorageLevel, keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.functions import array_to_vector
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 __all__ = ["KMeansImputer", "KMeansImputerModel"]
 
-_CLUSTER = "__impute_cluster"
+logger = logging.getLogger(__name__)
+
+_SEEDED = "__impute_seeded"
+# Refinement stops early once no centroid coordinate moves more than this, in standard deviations.
+_REFINE_TOLERANCE = 1e-6
+_NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType, T.NullType)
 
 
 class _KMeansImputerParams(Params):
     inputCols: Param[list[str]] = Param(
         Params._dummy(), "inputCols", "feature columns to fill", typeConverter=TypeConverters.toListString
     )
-    k: Param[int] = Param(Params._dummy(), "k", "number of clusters (> 0)", typeConverter=TypeConverters.toInt)
+    k: Param[int] = Param(Params._dummy(), "k", "number of clusters (>= 1)", typeConverter=TypeConverters.toInt)
     rounds: Param[int] = Param(
-        Params._dummy(), "rounds", "refinement passes on observed features (>= 0)", typeConverter=TypeConverters.toInt
+        Params._dummy(), "rounds", "maximum refinement passes on observed features (>= 0)", typeConverter=TypeConverters.toInt
+    )
+    maxIter: Param[int] = Param(
+        Params._dummy(), "maxIter", "maximum iterations of Spark's KMeans (>= 1)", typeConverter=TypeConverters.toInt
     )
     seed: Param[int] = Param(Params._dummy(), "seed", "random seed", typeConverter=TypeConverters.toInt)
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(k=8, rounds=3, seed=42)
+        self._setDefault(k=8, rounds=3, maxIter=20, seed=42)
 
     def getInputCols(self) -> list[str]:
         """Return the feature columns to fill."""
         return self.getOrDefault(self.inputCols)
 
     def getK(self) -> int:
-        """Return the number of clusters."""
+        """Return the requested number of clusters."""
         return self.getOrDefault(self.k)
 
     def getRounds(self) -> int:
-        """Return the number of refinement passes."""
+        """Return the maximum number of refinement passes."""
         return self.getOrDefault(self.rounds)
+
+    def getMaxIter(self) -> int:
+        """Return the maximum number of KMeans iterations."""
+        return self.getOrDefault(self.maxIter)
 
     def getSeed(self) -> int:
         """Return the random seed."""
         return self.getOrDefault(self.seed)
 
 
+def _quoted(name: str) -> Column:
+    return F.col(f"`{name}`")
+
+
+def _missing_as_null(name: str) -> Column:
+    """Return the column as double with NaN turned into null, so null and NaN both count as missing."""
+    value = _quoted(name).cast("double")
+    return F.when(F.isnan(value), F.lit(None).cast("double")).otherwise(value)
+
+
 def _nearest_centroid(z: np.ndarray, observed: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid per row, by mean squared distance over observed features."""
+    """Return the index of the nearest centroid per row, by squared distance over observed features only.
+
+    The distance expands as ``sum(m z^2) - 2 (m z) . c + m . c^2`` with the
+    observed mask ``m``, so memory grows with rows times clusters, not rows
+    times clusters times features. Every cluster of a row shares the same
+    observed features, so the sum ranks clusters as the mean would.
+    """
     filled = np.where(observed, z, 0.0)
-    # (rows, clusters): squared differences summed over observed features only.
-    diff = filled[:, None, :] - centroids[None, :, :]
-    squared = np.einsum("rkf,rkf->rk", diff * observed[:, None, :], diff)
-    counts = np.maximum(observed.sum(axis=1, keepdims=True), 1)
-    return np.argmin(squared / counts, axis=1)
+    mask = observed.astype(float)
+    squared = (filled * filled).sum(axis=1, keepdims=True) - 2.0 * filled @ centroids.T + mask @ (centroids * centroids).T
+    return np.argmin(squared, axis=1)
+
+
+def _validate_params(estimator: "KMeansImputer", dataset: DataFrame) -> list[str]:
+    """Check the parameters against the data and return the input columns; raise ValueError naming the fix."""
+    if not estimator.isDefined(estimator.inputCols):
+        raise ValueError("KMeansImputer: inputCols is not set; pass the feature columns to fill, for example inputCols=['a', 'b']")
+    columns = estimator.getInputCols()
+    if not columns:
+        raise ValueError("KMeansImputer: inputCols is empty; pass at least one feature column")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ValueError(f"KMeansImputer: inputCols lists {', '.join(repeated)} more than once; list each column once")
+    types = {f.name: f.dataType for f in dataset.schema.fields}
+    absent = [c for c in columns if c not in types]
+    if absent:
+        raise ValueError(f"KMeansImputer: inputCols names columns the data lacks: {', '.join(absent)}; columns: {', '.join(types)}")
+    not_numeric = [f"{c} ({types[c].simpleString()})" for c in columns if not isinstance(types[c], _NUMERIC)]
+    if not_numeric:
+        raise ValueError(f"KMeansImputer: inputCols must be numeric; cast these columns to double first: {', '.join(not_numeric)}")
+    for name, value, low in (("k", estimator.getK(), 1), ("rounds", estimator.getRounds(), 0), ("maxIter", estimator.getMaxIter(), 1)):
+        if value < low:
+            raise ValueError(f"KMeansImputer: invalid {name}={value}; it must be at least {low}")
+    return columns
 
 
 class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, DefaultParamsReadable["KMeansImputer"], DefaultParamsWritable):
@@ -78,11 +130,22 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
     inputCols : list of str
         Numeric columns to fill; null and NaN both count as missing.
     k : int, default=8
-        Number of clusters. Fewer distinct rows than ``k`` lower it.
+        Number of clusters. Fewer rows than ``k`` lower it, and Spark's
+        KMeans may return fewer centres when the data has fewer distinct rows.
     rounds : int, default=3
-        Refinement passes that reassign rows on their observed features.
+        Maximum refinement passes that reassign rows on their observed
+        features. Fit skips them when the data has no missing cell and stops
+        early once the centroids no longer move.
+    maxIter : int, default=20
+        Maximum iterations of Spark's KMeans.
     seed : int, default=42
         Seed of the KMeans initialisation.
+
+    Raises
+    ------
+    ValueError
+        From ``fit``, on an invalid parameter, an empty data set or a column
+        without any observed value.
 
     Examples
     --------
@@ -91,90 +154,145 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
     """
 
     @keyword_only
-    def __init__(self, *, inputCols: list[str] | None = None, k: int = 8, rounds: int = 3, seed: int = 42) -> None:
+    def __init__(
+        self, *, inputCols: list[str] | None = None, k: int = 8, rounds: int = 3, maxIter: int = 20, seed: int = 42
+    ) -> None:
         super().__init__()
         kwargs = self._input_kwargs  # type: ignore[attr-defined]
         self._set(**kwargs)
 
     def _fit(self, dataset: DataFrame) -> "KMeansImputerModel":
-        columns = self.getInputCols()
-        k = self.getK()
-        rounds = self.getRounds()
-        if k < 1:
-            raise ValueError(f"KMeansImputer: invalid k={k}; it must be at least 1")
-        if rounds < 0:
-            raise ValueError(f"KMeansImputer: invalid rounds={rounds}; it must be 0 or more")
-        values = {c: F.when(F.isnan(F.col(f"`{c}`")), None).otherwise(F.col(f"`{c}`")) for c in columns}
-        stats_row = dataset.agg(
-            *[F.avg(values[c]).alias(f"m{i}") for i, c in enumerate(columns)],
-            *[F.stddev_pop(values[c]).alias(f"s{i}") for i, c in enumerate(columns)],
-        ).first()
-        assert stats_row is not None
-        means = np.array([float(stats_row[f"m{i}"]) if stats_row[f"m{i}"] is not None else 0.0 for i in range(len(columns))])
-        stds = np.array([float(stats_row[f"s{i}"] or 0.0) for i in range(len(columns))])
-        stds[stds == 0] = 1.0
+        columns = _validate_params(self, dataset)
+        stats = _column_statistics(dataset, columns)
+        rows = stats["rows"]
+        if rows == 0:
+            raise ValueError("KMeansImputer: the data set has no rows; fit needs at least one row")
+        unobserved = [c for c, n in zip(columns, stats["observed"]) if n == 0]
+        if unobserved:
+            raise ValueError(
+                f"KMeansImputer: column(s) {', '.join(unobserved)} have no observed value, so no fill can be learned; "
+                "leave them out of inputCols"
+            )
+        means = np.asarray(stats["means"], dtype=float)
+        stds = np.asarray(stats["stds"], dtype=float)
+        stds[~(stds > 0)] = 1.0
 
+        names = [f"__z{i}" for i in range(len(columns))]
         standardized = dataset.select(
-            *[
-                F.coalesce((values[c] - float(means[i])) / float(stds[i]), F.lit(0.0)).alias(f"z{i}")
-                for i, c in enumerate(columns)
-            ]
+            *[((_missing_as_null(c) - float(means[i])) / float(stds[i])).alias(names[i]) for i, c in enumerate(columns)]
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            centroids = self._cluster(standardized, names, rows)
+            rounds_run = 0
+            if stats["missing_cells"] > 0:
+                for _ in range(self.getRounds()):
+                    updated = _refine(standardized, names, centroids)
+                    rounds_run += 1
+                    shift = float(np.max(np.abs(updated - centroids)))
+                    centroids = updated
+                    if shift <= _REFINE_TOLERANCE:
+                        break
+        finally:
+            standardized.unpersist()
+        logger.info(
+            "KMeans fill fitted on %d rows: %d centroid(s), %d refinement round(s), %d missing cell(s), %d row(s) with no observed feature",
+            rows,
+            len(centroids),
+            rounds_run,
+            stats["missing_cells"],
+            stats["all_missing_rows"],
         )
-        assembled = VectorAssembler(inputCols=[f"z{i}" for i in range(len(columns))], outputCol="__z").transform(standardized)
-        kmeans = KMeans(k=k, seed=self.getSeed(), featuresCol="__z", maxIter=30, initSteps=5)
-        centroids = np.array([np.asarray(c) for c in kmeans.fit(assembled).clusterCenters()])
-
-        for _ in range(rounds):
-            centroids = self._refine(dataset, columns, means, stds, centroids, values)
 
         model = KMeansImputerModel()
         model._set(
             inputCols=columns,
-            k=k,
-            rounds=rounds,
+            k=self.getK(),
+            rounds=self.getRounds(),
+            maxIter=self.getMaxIter(),
             seed=self.getSeed(),
             means=means.tolist(),
             stds=stds.tolist(),
             centroids=centroids.tolist(),
+            roundsRun=rounds_run,
+            trainingRows=rows,
+            trainingMissingCells=stats["missing_cells"],
+            trainingAllMissingRows=stats["all_missing_rows"],
         )
         return model
 
-    @staticmethod
-    def _refine(
-        dataset: DataFrame,
-        columns: list[str],
-        means: np.ndarray,
-        stds: np.ndarray,
-        centroids: np.ndarray,
-        values: dict[str, Any],
-    ) -> np.ndarray:
-        """One pass: assign rows on observed features, then average observed values per cluster."""
-        names = [f"z{i}" for i in range(len(columns))]
-        standardized = dataset.select(
-            *[((values[c] - float(means[i])) / float(stds[i])).alias(names[i]) for i, c in enumerate(columns)]
-        )
-        schema = ", ".join(f"{n} double" for n in names) + f", {_CLUSTER} int"
-        current = centroids
+    def _cluster(self, standardized: DataFrame, names: list[str], rows: int) -> np.ndarray:
+        """Cluster the mean-seeded standardised rows and return the centres."""
+        k = min(self.getK(), rows)
+        if k == 1:
+            # Spark's KMeans requires k > 1; the one centre of mean-seeded standardised data is the origin.
+            return np.zeros((1, len(names)))
+        seeded = standardized.select(array_to_vector(F.array(*[F.coalesce(F.col(n), F.lit(0.0)) for n in names])).alias(_SEEDED))
+        kmeans = KMeans(k=k, seed=self.getSeed(), featuresCol=_SEEDED, maxIter=self.getMaxIter(), initSteps=2)
+        return np.array([np.asarray(c, dtype=float) for c in kmeans.fit(seeded).clusterCenters()])
 
-        def assign(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-            for batch in batches:
-                z = batch[names].to_numpy(dtype=float)
-                observed = ~np.isnan(z)
-                batch[_CLUSTER] = _nearest_centroid(z, observed, current).astype("int32")
-                yield batch
 
-        assigned = standardized.mapInPandas(assign, schema)
-        rows = assigned.groupBy(_CLUSTER).agg(*[F.avg(n).alias(n) for n in names]).collect()
-        updated = centroids.copy()
-        for row in rows:
-            for i, name in enumerate(names):
-                if row[name] is not None:
-                    updated[int(row[_CLUSTER]), i] = float(row[name])
-        return updated
+def _column_statistics(dataset: DataFrame, columns: list[str]) -> dict[str, Any]:
+    """Count rows, observed cells and rows with no observed feature; mean and deviation per column, in one pass."""
+    values = [_missing_as_null(c) for c in columns]
+    all_missing = F.lit(True)
+    for value in values:
+        all_missing = all_missing & value.isNull()
+    row = dataset.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(all_missing.cast("long")).alias("all_missing"),
+        *[F.count(v).alias(f"n{i}") for i, v in enumerate(values)],
+        *[F.avg(v).alias(f"m{i}") for i, v in enumerate(values)],
+        *[F.stddev_pop(v).alias(f"s{i}") for i, v in enumerate(values)],
+    ).first()
+    assert row is not None
+    rows = int(row["rows"])
+    observed = [int(row[f"n{i}"]) for i in range(len(columns))]
+    return {
+        "rows": rows,
+        "observed": observed,
+        "missing_cells": sum(rows - n for n in observed),
+        "all_missing_rows": int(row["all_missing"] or 0),
+        "means": [float(row[f"m{i}"]) if row[f"m{i}"] is not None else 0.0 for i in range(len(columns))],
+        "stds": [float(row[f"s{i}"]) if row[f"s{i}"] is not None else 0.0 for i in range(len(columns))],
+    }
+
+
+def _refine(standardized: DataFrame, names: list[str], centroids: np.ndarray) -> np.ndarray:
+    """Run one pass: assign rows on observed features, then average observed values per cluster.
+
+    Each partition returns one row of per-cluster sums and counts, so a
+    pass is one Spark job without a shuffle. A cluster feature with no
+    observed member value keeps its previous centroid value.
+    """
+    k, d = centroids.shape
+    current = centroids
+
+    def accumulate(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+        sums = np.zeros((k, d))
+        counts = np.zeros((k, d))
+        for batch in batches:
+            z = batch[names].to_numpy(dtype=float)
+            observed = ~np.isnan(z)
+            nearest = _nearest_centroid(z, observed, current)
+            np.add.at(sums, nearest, np.where(observed, z, 0.0))
+            np.add.at(counts, nearest, observed.astype(float))
+        yield pd.DataFrame({"sums": [sums.ravel()], "counts": [counts.ravel()]})
+
+    parts = standardized.mapInPandas(accumulate, "sums array<double>, counts array<double>").collect()
+    sums = np.zeros((k, d))
+    counts = np.zeros((k, d))
+    for part in parts:
+        sums += np.asarray(part["sums"], dtype=float).reshape(k, d)
+        counts += np.asarray(part["counts"], dtype=float).reshape(k, d)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1.0), centroids)
 
 
 class KMeansImputerModel(Model, _KMeansImputerParams, DefaultParamsReadable["KMeansImputerModel"], DefaultParamsWritable):
     """Fitted KMeans fill: column means and standard deviations, centroids in standardised units.
+
+    The learned state is stored in Params, so Spark ML persistence
+    (``write().save`` and ``KMeansImputerModel.load``) round-trips it exactly.
 
     Attributes
     ----------
@@ -183,23 +301,81 @@ class KMeansImputerModel(Model, _KMeansImputerParams, DefaultParamsReadable["KMe
         deviation is stored as 1).
     centroids : list of list of float
         Cluster centres in standardised units, one list per cluster.
+    roundsRun : int
+        Refinement passes that fit ran.
+    trainingRows, trainingMissingCells, trainingAllMissingRows : int
+        Rows, missing cells and rows with no observed feature in the fit data.
     """
 
     means: Param[list[float]] = Param(Params._dummy(), "means", "column means", typeConverter=TypeConverters.toListFloat)
     stds: Param[list[float]] = Param(Params._dummy(), "stds", "column standard deviations", typeConverter=TypeConverters.toListFloat)
     centroids: Param[list[list[float]]] = Param(Params._dummy(), "centroids", "cluster centres in standardised units")
+    roundsRun: Param[int] = Param(Params._dummy(), "roundsRun", "refinement passes run by fit", typeConverter=TypeConverters.toInt)
+    trainingRows: Param[int] = Param(Params._dummy(), "trainingRows", "rows in the fit data", typeConverter=TypeConverters.toInt)
+    trainingMissingCells: Param[int] = Param(
+        Params._dummy(), "trainingMissingCells", "missing cells in the fit data", typeConverter=TypeConverters.toInt
+    )
+    trainingAllMissingRows: Param[int] = Param(
+        Params._dummy(),
+        "trainingAllMissingRows",
+        "rows of the fit data with no observed feature, filled with the column means",
+        typeConverter=TypeConverters.toInt,
+    )
 
     def __init__(self) -> None:
         super().__init__()
 
+    def getCentroids(self) -> list[list[float]]:
+        """Return the cluster centres in standardised units."""
+        return self.getOrDefault(self.centroids)
+
+    def getRoundsRun(self) -> int:
+        """Return the number of refinement passes that fit ran."""
+        return self.getOrDefault(self.roundsRun)
+
+    def getTrainingAllMissingRows(self) -> int:
+        """Return the number of fit rows with no observed feature."""
+        return self.getOrDefault(self.trainingAllMissingRows)
+
+    def summarizeMissing(self, dataset: DataFrame) -> dict[str, Any]:
+        """Count what ``transform`` fills in ``dataset``, in one pass.
+
+        Returns
+        -------
+        dict
+            ``rows``, ``missing_cells`` per column, ``rows_with_missing`` and
+            ``rows_all_missing`` (rows that take the column means).
+        """
+        columns = self.getInputCols()
+        missing = [_missing_as_null(c).isNull() for c in columns]
+        any_missing = F.lit(False)
+        all_missing = F.lit(True)
+        for flag in missing:
+            any_missing = any_missing | flag
+            all_missing = all_missing & flag
+        row = dataset.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(any_missing.cast("long")).alias("any"),
+            F.sum(all_missing.cast("long")).alias("all"),
+            *[F.sum(flag.cast("long")).alias(f"c{i}") for i, flag in enumerate(missing)],
+        ).first()
+        assert row is not None
+        return {
+            "rows": int(row["rows"]),
+            "missing_cells": {c: int(row[f"c{i}"] or 0) for i, c in enumerate(columns)},
+            "rows_with_missing": int(row["any"] or 0),
+            "rows_all_missing": int(row["all"] or 0),
+        }
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         columns = self.getInputCols()
+        absent = [c for c in columns if c not in dataset.columns]
+        if absent:
+            raise ValueError(f"KMeansImputerModel: the data lacks the fitted columns {', '.join(absent)}")
         means = np.asarray(self.getOrDefault(self.means), dtype=float)
         stds = np.asarray(self.getOrDefault(self.stds), dtype=float)
         centroids = np.asarray(self.getOrDefault(self.centroids), dtype=float)
-        schema = dataset.select(
-            *[F.col(f"`{c}`") if c not in columns else F.col(f"`{c}`").cast("double").alias(c) for c in dataset.columns]
-        ).schema
+        prepared = dataset.select(*[_missing_as_null(c).alias(c) if c in columns else _quoted(c) for c in dataset.columns])
 
         def fill(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
             for batch in batches:
@@ -211,11 +387,9 @@ class KMeansImputerModel(Model, _KMeansImputerParams, DefaultParamsReadable["KMe
                 z = (x - means) / stds
                 nearest = _nearest_centroid(z, observed, centroids)
                 z_filled = np.where(observed, z, centroids[nearest])
-                # Rows with no observed feature take the column means.
+                # Rows with no observed feature take the column means (0 in standardised units).
                 z_filled[~observed.any(axis=1)] = 0.0
-                batch[columns] = z_filled * stds + means
+                batch[columns] = np.where(observed, x, z_filled * stds + means)
                 yield batch
 
-        return dataset.select(
-            *[F.col(f"`{c}`") if c not in columns else F.col(f"`{c}`").cast("double").alias(c) for c in dataset.columns]
-        ).mapInPandas(fill, schema)
+        return prepared.mapInPandas(fill, prepared.schema)
