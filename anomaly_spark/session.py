@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Mapping
 
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 __all__ = ["DELTA_PACKAGE", "create_spark_session"]
+
+logger = logging.getLogger(__name__)
 
 # Delta Lake's jar for the Spark 4.0 line, Scala 2.13; it matches the delta-spark wheel pinned in pyproject.toml.
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
@@ -25,7 +29,15 @@ def create_spark_session(
     started by ``spark-submit --packages``, in which case it is already on
     the class path. Python workers use this interpreter, so the executors
     see the same virtualenv as the driver on a local or standalone master.
+    Under spark-submit, its ``--master`` is used and ``master`` is ignored,
+    so that the config's default ``local[*]`` cannot turn a cluster
+    submission into a local run.
     """
+    submitted = _submitted_master()
+    if submitted:
+        if master and master != submitted:
+            logger.warning("spark-submit was given --master %s, so the master %s from the config is not used", submitted, master)
+        master = None
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if master and master.startswith("local"):
         # A local run needs no network interface other than loopback.
@@ -46,6 +58,17 @@ def create_spark_session(
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _submitted_master() -> str | None:
+    """Return the master URL that spark-submit set, or None outside spark-submit."""
+    # spark-submit starts the Python driver with the address of its JVM in this
+    # variable, and that JVM's system properties hold the submitted settings.
+    # SparkConf reads them only once the gateway to that JVM is open.
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return None
+    SparkContext._ensure_initialized()
+    return SparkConf().get("spark.master", None)
 
 
 def _delta_on_classpath() -> bool:
