@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
-from .base import FEATURES, SCORE, Detector, DetectorModel, DetectorParamError, ParamSpec
-from .builtin import GaussianMixtureNLL, IsolationForestDetector, KMeansDistance
+from .base import FEATURES, MODEL_FILE, SCORE, Detector, DetectorModel, DetectorParamError, ParamSpec
+from .builtin import BUILTIN_DETECTORS
 
 __all__ = [
     "Detector",
@@ -15,6 +15,7 @@ __all__ = [
     "ParamSpec",
     "FEATURES",
     "SCORE",
+    "MODEL_FILE",
     "ENTRY_POINT_GROUP",
     "available_detectors",
     "create_detector",
@@ -23,9 +24,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "anomaly_spark.detectors"
-_BUILTIN: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (KMeansDistance, GaussianMixtureNLL, IsolationForestDetector)
-}
+_BUILTIN: dict[str, type[Detector]] = {cls.name: cls for cls in BUILTIN_DETECTORS}
 
 
 def available_detectors() -> dict[str, type[Detector]]:

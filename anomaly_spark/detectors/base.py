@@ -7,17 +7,21 @@ scores into ``is_anomaly`` for all of them in one place.
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from pyspark.sql import DataFrame
 
-__all__ = ["ParamSpec", "Detector", "DetectorModel", "DetectorParamError", "SCORE", "FEATURES"]
+__all__ = ["ParamSpec", "Detector", "DetectorModel", "DetectorParamError", "SCORE", "FEATURES", "MODEL_FILE"]
 
 SCORE = "anomaly_score"
 # Column with the scaled feature vector that detectors read.
 FEATURES = "features"
+# File name of a pickled fitted model inside a model folder.
+MODEL_FILE = "detector.pkl"
 
 
 class DetectorParamError(ValueError):
@@ -34,6 +38,8 @@ class ParamSpec:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     doc: str = ""
+    # Values tried by the complex-mode parameter search; empty means the default only.
+    grid: tuple[Any, ...] = ()
 
     def describe(self) -> str:
         """Return the allowed values in words."""
@@ -42,6 +48,10 @@ class ParamSpec:
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
         return f"{self.kind.__name__} in [{low}, {high}]"
+
+    def search_values(self) -> tuple[Any, ...]:
+        """Return the values the parameter search tries: the grid, or the default alone."""
+        return self.grid or (self.default,)
 
 
 class Detector(ABC):
@@ -98,3 +108,51 @@ class DetectorModel(ABC):
     @abstractmethod
     def transform(self, df: DataFrame) -> DataFrame:
         """Return ``df`` with an ``anomaly_score`` column (higher = more anomalous)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spark handles (broadcasts, sessions) cannot be pickled; subclasses keep them
+        # in attributes whose names start with "_spark" and rebuild them on demand.
+        return {key: value for key, value in self.__dict__.items() if not key.startswith("_spark")}
+
+    def _broadcast(self, df: DataFrame, value: Any) -> Any:
+        """Return a broadcast of ``value`` on the SparkContext of ``df``, created once per context.
+
+        The handle lives in ``_spark_broadcast``, which pickling leaves out, so a
+        loaded model or a model used with a new session broadcasts again.
+        """
+        context = df.sparkSession.sparkContext
+        cached = self.__dict__.get("_spark_broadcast")
+        if cached is None or cached[0] is not context:
+            cached = (context, context.broadcast(value))
+            self._spark_broadcast = cached
+        return cached[1]
+
+    def save(self, folder: Path) -> Path:
+        """Write the fitted model as ``detector.pkl`` into ``folder`` and return the file path.
+
+        A model that cannot be pickled (a plug-in holding a Spark or JVM
+        object, say) raises TypeError naming the model.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MODEL_FILE
+        try:
+            payload = pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"fitted model {self.name!r} cannot be saved with pickle: {exc}") from exc
+        path.write_bytes(payload)
+        return path
+
+    @staticmethod
+    def load(folder: Path) -> "DetectorModel":
+        """Read a model written by :meth:`save`.
+
+        NOTE: unpickling runs code from the file, so load only model folders
+        that this job wrote; a model folder is as trusted as the code itself.
+        """
+        path = folder / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found; the folder does not hold a saved model")
+        model = pickle.loads(path.read_bytes())
+        if not isinstance(model, DetectorModel):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a fitted detector model")
+        return model

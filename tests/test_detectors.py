@@ -1,0 +1,233 @@
+"""Built-in detectors on a real labelled table: full scoring, finite scores, better than chance, parameter checks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql import types as T
+from sklearn.metrics import roc_auc_score
+
+from anomaly_spark.detectors import (
+    FEATURES,
+    SCORE,
+    Detector,
+    DetectorModel,
+    DetectorParamError,
+    ParamSpec,
+    available_detectors,
+    create_detector,
+)
+from anomaly_spark.detectors.builtin import BUILTIN_DETECTORS
+
+from .conftest import BENCHMARKS, require_shared
+
+BUILTIN_NAMES = [cls.name for cls in BUILTIN_DETECTORS]
+
+
+def _labelled_frame(spark: Any, table: Path) -> tuple[Any, np.ndarray]:
+    """Return a DataFrame of (row, features) with standardized features, and the labels by row index."""
+    frame = pd.read_csv(table)
+    labels = frame.pop("label").to_numpy(dtype=int)
+    values = frame.to_numpy(dtype=float)
+    spread = values.std(axis=0)
+    standardized = (values - values.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    schema = T.StructType([T.StructField("row", T.LongType(), False), T.StructField(FEATURES, VectorUDT(), False)])
+    rows = [(index, Vectors.dense(vector.tolist())) for index, vector in enumerate(standardized)]
+    return spark.createDataFrame(rows, schema).repartition(2).cache(), labels
+
+
+@pytest.fixture(scope="module")
+def wbc(spark: Any) -> tuple[Any, np.ndarray]:
+    """The wbc table (378 rows, 30 features); the label stays on the driver, away from every fit."""
+    df, labels = _labelled_frame(spark, require_shared(BENCHMARKS) / "wbc.csv")
+    df.count()
+    return df, labels
+
+
+@pytest.fixture(scope="module")
+def fitted(wbc: tuple[Any, np.ndarray]) -> dict[str, tuple[DetectorModel, pd.DataFrame]]:
+    """Every built-in detector fitted once with its defaults, with its scores by row."""
+    df, _ = wbc
+    models: dict[str, tuple[DetectorModel, pd.DataFrame]] = {}
+    for name in BUILTIN_NAMES:
+        model = create_detector(name).fit(df, seed=7, max_train_rows=100_000)
+        scores = model.transform(df).select("row", SCORE).toPandas().sort_values("row").reset_index(drop=True)
+        models[name] = (model, scores)
+    return models
+
+
+def _bad_value(spec: ParamSpec) -> Any:
+    """Return a value of the right type that lies outside the declared range or set."""
+    if spec.choices is not None:
+        return "no-such-choice"
+    if spec.high is not None:
+        return spec.kind(spec.high + 1) if spec.kind is int else float(spec.high) + 1.0
+    assert spec.low is not None
+    return spec.kind(spec.low - 1)
+
+
+def test_registry_lists_seven_builtin_detectors() -> None:
+    registry = available_detectors()
+    assert len(BUILTIN_NAMES) >= 7
+    for name in BUILTIN_NAMES:
+        assert name in registry
+        assert registry[name].params_spec, f"{name} declares no parameters"
+
+
+def test_registry_unknown_detector_names_known_ones() -> None:
+    with pytest.raises(DetectorParamError) as error:
+        create_detector("no_such_detector")
+    message = str(error.value)
+    assert "no_such_detector" in message
+    assert "isolation_forest" in message
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_defaults_are_valid(name: str) -> None:
+    detector = create_detector(name)
+    params = detector.validated_params()
+    assert set(params) == set(detector.params_spec)
+    for key, spec in detector.params_spec.items():
+        for value in spec.search_values():
+            create_detector(name, {key: value}).validated_params()
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_bad_param_rejected_in_fit(name: str, wbc: tuple[Any, np.ndarray]) -> None:
+    df, _ = wbc
+    cls = available_detectors()[name]
+    for key, spec in cls.params_spec.items():
+        value = _bad_value(spec)
+        with pytest.raises(DetectorParamError) as error:
+            create_detector(name, {key: value}).fit(df, seed=1, max_train_rows=1000)
+        message = str(error.value)
+        assert repr(name) in message
+        assert repr(key) in message
+        assert spec.describe() in message
+        assert repr(value) in message
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_wrong_type_rejected(name: str) -> None:
+    cls = available_detectors()[name]
+    key, spec = next(iter(cls.params_spec.items()))
+    wrong: Any = "text" if spec.kind is not str else 3
+    with pytest.raises(DetectorParamError, match=repr(key)):
+        create_detector(name, {key: wrong}).validated_params()
+    if spec.kind is int:
+        with pytest.raises(DetectorParamError, match=repr(key)):
+            create_detector(name, {key: True}).validated_params()
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_unknown_param_rejected(name: str, wbc: tuple[Any, np.ndarray]) -> None:
+    df, _ = wbc
+    with pytest.raises(DetectorParamError) as error:
+        create_detector(name, {"no_such_param": 1}).fit(df, seed=1, max_train_rows=1000)
+    message = str(error.value)
+    assert "'no_such_param'" in message
+    for key in available_detectors()[name].params_spec:
+        assert key in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_scores_every_row(name: str, wbc: tuple[Any, np.ndarray], fitted: dict[str, tuple[DetectorModel, pd.DataFrame]]) -> None:
+    df, labels = wbc
+    _, scores = fitted[name]
+    assert len(scores) == df.count()
+    assert scores["row"].tolist() == list(range(len(labels)))
+    assert np.all(np.isfinite(scores[SCORE].to_numpy(dtype=float)))
+    assert scores[SCORE].nunique() > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_ranks_outliers_higher(name: str, wbc: tuple[Any, np.ndarray], fitted: dict[str, tuple[DetectorModel, pd.DataFrame]]) -> None:
+    _, labels = wbc
+    _, scores = fitted[name]
+    values = scores[SCORE].to_numpy(dtype=float)
+    assert values[labels == 1].mean() > values[labels == 0].mean()
+    auc = roc_auc_score(labels, values)
+    assert auc > 0.6, f"{name}: ROC-AUC {auc:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_keeps_input_columns(name: str, wbc: tuple[Any, np.ndarray], fitted: dict[str, tuple[DetectorModel, pd.DataFrame]]) -> None:
+    df, _ = wbc
+    model, _ = fitted[name]
+    transformed = model.transform(df.withColumn("extra", df["row"] * 2))
+    assert sorted(transformed.columns) == sorted(["row", FEATURES, "extra", SCORE])
+    extra = transformed.select("row", "extra").toPandas()
+    assert (extra["extra"] == extra["row"] * 2).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_save_load_same_scores(
+    name: str, tmp_path: Path, wbc: tuple[Any, np.ndarray], fitted: dict[str, tuple[DetectorModel, pd.DataFrame]]
+) -> None:
+    df, _ = wbc
+    model, scores = fitted[name]
+    model.save(tmp_path)
+    loaded = DetectorModel.load(tmp_path)
+    again = loaded.transform(df).select("row", SCORE).toPandas().sort_values("row").reset_index(drop=True)
+    assert np.allclose(again[SCORE].to_numpy(), scores[SCORE].to_numpy(), rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_knn_reference_sample_bounded(spark: Any, wbc: tuple[Any, np.ndarray]) -> None:
+    df, labels = wbc
+    model = create_detector("knn_distance", {"reference_rows": 100, "k": 5}).fit(df, seed=3, max_train_rows=100_000)
+    reference = getattr(model, "reference")
+    assert 50 <= len(reference) <= 100
+    scores = model.transform(df).select(SCORE).toPandas()[SCORE].to_numpy(dtype=float)
+    assert len(scores) == len(labels)
+    assert np.all(np.isfinite(scores))
+
+
+@pytest.mark.slow
+def test_detector_fit_on_empty_frame_raises(spark: Any) -> None:
+    schema = T.StructType([T.StructField(FEATURES, VectorUDT(), False)])
+    empty = spark.createDataFrame([], schema)
+    with pytest.raises(ValueError, match="no rows|at least 2 rows|empty"):
+        create_detector("empirical_tails").fit(empty, seed=1, max_train_rows=1000)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        create_detector("knn_distance").fit(empty, seed=1, max_train_rows=1000)
+
+
+def test_param_spec_describe_range_and_choices() -> None:
+    assert ParamSpec(int, 3, 1, 10).describe() == "int in [1, 10]"
+    assert ParamSpec(float, 0.5, 0.0, None).describe() == "float in [0, inf]"
+    assert ParamSpec(str, "a", choices=("a", "b")).describe() == "one of 'a', 'b'"
+    assert ParamSpec(int, 3, 1, 10).search_values() == (3,)
+    assert ParamSpec(int, 3, 1, 10, grid=(2, 4)).search_values() == (2, 4)
+    assert not math.isnan(float(ParamSpec(float, 0.5, 0.0, 1.0).default))
+
+
+def test_detector_subclass_float_accepts_int() -> None:
+    class Tiny(Detector):
+        name = "tiny"
+        params_spec = {"share": ParamSpec(float, 0.5, 0.0, 1.0)}
+
+        def fit(self, df: Any, seed: int, max_train_rows: int) -> DetectorModel:
+            raise NotImplementedError
+
+    assert Tiny(share=1).validated_params() == {"share": 1.0}
+    with pytest.raises(DetectorParamError, match="nan"):
+        Tiny(share=float("nan")).validated_params()
+
+
+def test_detector_spark_limits_declared() -> None:
+    # Spark ML rejects a single Gaussian and a zero minimum cluster share with its own, less helpful error.
+    with pytest.raises(DetectorParamError, match="'k'"):
+        create_detector("gaussian_mixture", {"k": 1}).validated_params()
+    with pytest.raises(DetectorParamError, match="'min_cluster_share'"):
+        create_detector("bisecting_kmeans_distance", {"min_cluster_share": 0.0}).validated_params()
