@@ -8,7 +8,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast typecheck clean
+.PHONY: setup run test test-all test-fast typecheck clean browser
 
 setup: $(VENV)/.installed .cache/jars.ok
 
@@ -33,7 +33,19 @@ typecheck: setup
 .cache/bin/helm: scripts/install-helm.sh
 	bash scripts/install-helm.sh
 
+# Debian's chromium for the browser tests, installed with apt-get (as root) when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else echo "chromium is missing and apt-get needs root: the browser tests will skip (and fail under CI=true)"; fi
+
+# The default suite: every test not marked slow, plus the end-to-end runs on
+# real data marked e2e. test-all adds the remaining slow tests (cluster,
+# browser, drift histories, fault injection), which take far longer.
 test: setup typecheck .cache/bin/helm
+	$(PY) -m pytest -m "not slow or e2e" $(PYTEST_ARGS)
+
+test-all: setup typecheck .cache/bin/helm browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

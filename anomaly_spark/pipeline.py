@@ -23,17 +23,29 @@ from pyspark.sql import functions as F
 from .artifacts import stream_csv, write_csv_rows, write_json
 from .config import Config, config_to_json
 from .detectors import FEATURES, SCORE, DetectorParamError, create_detector
-from .evaluate import SELECTION_RULES, ModelResult, evaluate_models, rank_models
+from .evaluate import METRIC_DIRECTIONS, ModelResult, draw_evaluation_sample, evaluate_models
+from .explain import TOP_FEATURES, fit_feature_reference, top_features_expression
 from .features import LABEL, FeatureSelection, feature_summary, select_features
-from .history import append_metrics
-from .ingest import ROW_ID, IngestResult, ingest_source
-from .logs import configure_logging, mask_secrets, stage
+from .drift import DriftSettings, compute_drift
+from .history import CHOSEN_METRIC_PREFIX, append_metrics, previous_successful_runs, retry_on_write_conflict
+from .ingest import ROW_ID, IngestResult, dataset_key_for, ingest_source
+from .ingest.http import ApiError, check_no_inline_secrets
+from .logs import append_error_record, close_run_log, configure_logging, mask_secrets, stage
 from .preprocess import PREPROCESS_VERSION, fit_preprocessing, preprocess_summary
-from .report import render_report
-from .report.plots import plot_projection, plot_score_distribution
+from .profile import feature_statistics
+from .validate import ValidationResult, check_feature_count, raise_on_failure, validate_data
+from .replay import replay_ingest
+from .report import load_history_trend, render_report
+from .report.index import update_runs_index
+from .report.plots import plot_feature_distributions, plot_history_trend, plot_projection, plot_score_distribution
+from .retrain import RetrainRules, recommend_retrain
+from .rundoc import write_run_doc
 from .sample import SAMPLE_LABEL_COLUMN, build_sample_csv
 from .session import create_spark_session
-from .thresholds import IS_ANOMALY, flag_anomalies, score_threshold
+from .scoring import activate_model, save_model
+from .search import train_detectors
+from .selection import SELECTION_RULES, build_consensus, choose_model, trust_statement
+from .thresholds import IS_ANOMALY, choose_threshold, flag_anomalies
 
 __all__ = ["RunResult", "run_analysis", "new_run_id", "RunFailed"]
 
@@ -104,6 +116,8 @@ class _Context:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None
+    retrain: dict[str, Any] | None = None
 
 
 def run_analysis(
@@ -124,6 +138,11 @@ def run_analysis(
     run_dir = output / "runs" / run_id
     if (run_dir / "run_summary.json").exists():
         raise RunFailed(f"run folder {run_dir} already holds a finished run; choose another --run-id", 2, None)
+    try:
+        # Checked before config.json is written, so a secret typed into the config never reaches disk.
+        check_no_inline_secrets(config.section("api"))
+    except ApiError as exc:
+        raise RunFailed(str(exc), exc.exit_code, None) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(run_id, run_dir / "log.jsonl")
     config = _resolve_sample(config, output)
@@ -151,37 +170,40 @@ def run_analysis(
         report_path = _run_stages(context)
     except Exception as exc:
         _record_failure(context, exc)
+        update_runs_index(output)
+        close_run_log(run_id)
         exit_code = int(getattr(exc, "exit_code", 1))
         raise RunFailed(mask_secrets(f"run {run_id} failed: {type(exc).__name__}: {exc}"), exit_code, run_dir / "run_summary.json") from exc
+    update_runs_index(output)
+    close_run_log(run_id)
     return RunResult(run_id, run_dir, context.summary, report_path, context.timings)
 
 
 def _record_failure(context: _Context, exc: BaseException) -> None:
+    """Write errors.jsonl, run_summary.json (status failed) and run.md, and add a failed row to the history."""
     summary = context.summary
+    failed_stage = next(reversed(context.timings), None)
     summary.update(
         {
             "status": "failed",
             "finished_at": datetime.now(timezone.utc).isoformat(),
-            "error": {"type": type(exc).__name__, "message": mask_secrets(str(exc))},
+            "error": {"type": type(exc).__name__, "message": mask_secrets(str(exc)), "stage": failed_stage},
             "timings_s": context.timings,
+            "replay_command": _replay_command(context.run_dir / "config.json", context.run_id, context.output),
         }
     )
-    logger.error("run %s failed: %s: %s", context.run_id, type(exc).__name__, exc)
-    error_record = {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "stage": next(reversed(context.timings), None),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
-    write_json(context.run_dir / "errors.json", [error_record])
-    write_json(context.run_dir / "run_summary.json", summary)
+    if not summary.get("dataset_key"):
+        summary["dataset_key"] = dataset_key_for(str(context.config.get("source.path") or "dataset"))
+    logger.error("run %s failed in stage %s: %s: %s", context.run_id, failed_stage, type(exc).__name__, exc)
+    errors_path = context.run_dir / "errors.jsonl"
+    append_error_record(errors_path, exc, failed_stage, context.run_id)
     try:
         append_metrics(
             context.spark,
             context.output,
             context.run_id,
-            summary.get("dataset_key") or "unknown",
-            datetime.now(timezone.utc),
+            summary["dataset_key"],
+            context.started_at,
             "failed",
             context.config.get("run.mode"),
             PREPROCESS_VERSION,
@@ -189,7 +211,20 @@ def _record_failure(context: _Context, exc: BaseException) -> None:
             error_type=type(exc).__name__,
         )
     except Exception as history_exc:  # the original failure matters more than the history row
-        logger.error("could not record the failed run in the metrics history: %s", history_exc)
+        logger.error("could not record the failed run %s in the metrics history: %s", context.run_id, history_exc)
+        append_error_record(errors_path, history_exc, "history", context.run_id)
+    summary["artifacts"] = {
+        name: file
+        for name, file in (("config", "config.json"), ("log", "log.jsonl"), ("errors", "errors.jsonl"), ("run_doc", "run.md"))
+        if file == "run.md" or (context.run_dir / file).exists()
+    }
+    try:
+        write_run_doc(context.run_dir / "run.md", summary, context.drift, context.retrain)
+    except Exception as doc_exc:  # run_summary.json below still records the failure
+        logger.error("could not write run.md of the failed run %s: %s", context.run_id, doc_exc)
+        append_error_record(errors_path, doc_exc, "artifacts", context.run_id)
+        summary["artifacts"].pop("run_doc", None)
+    write_json(context.run_dir / "run_summary.json", summary)
 
 
 def _run_stages(context: _Context) -> Path:
@@ -197,25 +232,54 @@ def _run_stages(context: _Context) -> Path:
     summary = context.summary
 
     with stage(logger, "ingest", timings) as counts:
-        ingested = ingest_source(spark, config, context.run_id, context.output)
+        if summary.get("replay_of"):
+            # A replay reads the original run's flat snapshot and never opens the source.
+            ingested = replay_ingest(spark, config, summary["replay_of"], context.output)
+        else:
+            ingested = ingest_source(spark, config, context.run_id, context.output)
         counts.update(rows=ingested.rows, pages=ingested.pages)
     summary.update(
         dataset_key=ingested.dataset_key,
         source=ingested.source,
         source_format=ingested.source_format,
         rows_ingested=ingested.rows,
-        api={"pages": ingested.pages, "retries": ingested.retries} if ingested.source_format == "api" else None,
+        api=ingested.extra.get("api"),
+        ingest={key: value for key, value in ingested.extra.items() if key != "api"},
     )
+    for name, count in (ingested.extra.get("flatten") or {}).get("mixed_types", {}).items():
+        context.warnings.append(f"column {name}: {count} value(s) are JSON objects or arrays among scalars and were kept as text")
+    if (ingested.extra.get("api") or {}).get("stop_reason") == "max_pages":
+        context.warnings.append("API pagination stopped at api.max_pages; more pages may exist")
     write_json(context.run_dir / "columns.json", ingested.column_mapping)
 
+    with stage(logger, "validate", timings) as counts:
+        validation = validate_data(ingested.flat, config, ingested.dataset_key)
+        counts.update(rows=validation.rows_out, duplicates=validation.duplicate_rows, status=validation.status)
+    write_json(context.run_dir / "schema.json", validation.schema)
+    _record_validation(context, validation)
+
     with stage(logger, "features", timings) as counts:
-        selection = select_features(ingested.flat, config)
-        counts.update(selected=len(selection.features), excluded=len(selection.excluded))
+        selection = select_features(validation.data, config)
+        check_feature_count(validation, len(selection.features))
+        counts.update(rows=validation.rows_out, selected=len(selection.features), excluded=len(selection.excluded))
     summary["features"] = feature_summary(selection)
     summary["label_column"] = config.get("source.label_column") or None
     for name, count in selection.unparseable.items():
         context.warnings.append(f"column {name}: {count} value(s) are not numbers and were treated as missing")
     write_json(context.run_dir / "features.json", summary["features"])
+    _record_validation(context, validation)
+
+    with stage(logger, "profile", timings) as counts:
+        statistics = feature_statistics(
+            selection.data,
+            selection.features,
+            validation.rows_out,
+            int(config.get("profile.sample_rows")),
+            int(config.get("run.seed")),
+            float(config.get("profile.high_correlation")),
+        )
+        counts.update(rows=validation.rows_out, sample_rows=statistics["sample_rows"], correlated_pairs=len(statistics["high_correlation_pairs"]))
+    write_json(context.run_dir / "statistics.json", statistics)
 
     with stage(logger, "preprocess", timings) as counts:
         prepared, preprocess_info = _preprocess(context, selection)
@@ -227,23 +291,108 @@ def _run_stages(context: _Context) -> Path:
 
     with stage(logger, "train", timings) as counts:
         scored, results = _train_and_score(context, prepared, selection)
-        counts.update(models=len(results))
+        counts.update(rows=rows_scored, models=len(results))
 
     with stage(logger, "evaluate", timings) as counts:
         label = LABEL if config.get("source.label_column") else None
-        evaluate_models(scored, results, label)
-        rule = config.get("detection.selection_metric")
-        best = rank_models(results, rule)
-        counts.update(best=best.name)
-    _summarise_models(context, results, best, rows_scored)
+        sample = draw_evaluation_sample(prepared, int(config.get("detection.eval_sample_rows")), int(config.get("run.seed")))
+        evaluate_models(
+            scored,
+            results,
+            label,
+            float(config.get("detection.contamination")),
+            sample,
+            seed=int(config.get("run.seed")),
+            stability_rows=int(config.get("detection.max_train_rows")),
+        )
+        best, rationale, trusted = choose_model(
+            results,
+            config.get("detection.selection_rule"),
+            list(config.get("detection.ranking_metrics")),
+            float(config.get("detection.contamination")),
+        )
+        sample.frame.unpersist()
+        sample.uniform.unpersist()
+        counts.update(rows=rows_scored, best=best.name)
+    _summarise_models(context, results, best, rows_scored, rationale, trusted)
+
+    with stage(logger, "drift", timings) as counts:
+        _assess_drift(context, ingested, best)
+        counts.update(
+            rows=rows_scored,
+            verdict=(context.drift or {}).get("verdict"),
+            retrain=(context.retrain or {}).get("recommended"),
+        )
 
     with stage(logger, "artifacts", timings) as counts:
         report_path = _write_artifacts(context, scored, results, best, selection, ingested)
-        counts.update(files=len(summary["artifacts"]))
+        counts.update(rows=rows_scored, files=len(summary["artifacts"]))
     scored.unpersist()
     prepared.unpersist()
     logger.info("run %s finished: %s flagged %d of %d rows; report %s", context.run_id, best.name, summary["anomalies_flagged"], rows_scored, report_path)
     return report_path
+
+
+def _assess_drift(context: _Context, ingested: IngestResult, best: ModelResult) -> None:
+    """Write drift.json and put the drift verdict and the retraining advice into the summary.
+
+    A failure of the drift computation itself (for example unreadable
+    baseline rows) is logged, recorded in errors.jsonl and drift.json, and
+    does not fail the run.
+    """
+    summary, config = context.summary, context.config
+    settings = DriftSettings.from_section(config.section("drift"))
+    rules = RetrainRules.from_section(config.section("retrain"))
+    try:
+        drift = compute_drift(
+            context.spark,
+            context.output,
+            context.run_id,
+            summary["dataset_key"],
+            context.started_at,
+            ingested.flat,
+            summary["features"],
+            summary["anomalies_flagged"],
+            summary["rows_scored"],
+            settings,
+        )
+    except Exception as exc:  # drift is advice on top of a finished analysis; keep the run's results
+        logger.error("drift computation failed for run %s: %s: %s", context.run_id, type(exc).__name__, exc)
+        append_error_record(context.run_dir / "errors.jsonl", exc, "drift", context.run_id)
+        context.warnings.append(f"drift was not computed: {type(exc).__name__}: {exc}")
+        drift = {
+            "run_id": context.run_id,
+            "dataset_key": summary["dataset_key"],
+            "verdict": "error",
+            "drift_detected": None,
+            "baseline": None,
+            "error": {"type": type(exc).__name__, "message": str(exc)},
+        }
+    write_json(context.run_dir / "drift.json", drift)
+
+    rule = str(config.get("detection.ranking_metrics")[0])
+    # NOTE: every run fits its own models, so the model-age rule measures from this run's start.
+    context.retrain = recommend_retrain(
+        rules,
+        drift,
+        anomaly_rate=best.metrics.get("anomaly_rate"),
+        contamination=float(config.get("detection.contamination")),
+        chosen_metric=rule,
+        chosen_metric_value=best.metrics.get(rule),
+        higher_is_better=METRIC_DIRECTIONS.get(rule, 1) > 0,
+        rows_scored=summary["rows_scored"],
+        previous_run=(drift.get("baseline") or {}).get("previous_run"),
+        models_trained_at=context.started_at,
+    )
+    context.drift = drift
+    summary["drift"] = {
+        "verdict": drift.get("verdict"),
+        "drift_detected": drift.get("drift_detected"),
+        "baseline_run_id": (drift.get("baseline") or {}).get("feature_run_id"),
+        "drifted_columns": drift.get("drifted_columns") or [],
+        "details": "drift.json",
+    }
+    summary["retrain"] = context.retrain
 
 
 def _preprocess(context: _Context, selection: FeatureSelection) -> tuple[DataFrame, dict[str, Any]]:
@@ -253,101 +402,104 @@ def _preprocess(context: _Context, selection: FeatureSelection) -> tuple[DataFra
     prepared = prepared.cache()
     info = preprocess_summary(model, context.config)
     info["missing_cells_filled"] = dict(selection.null_counts)
+    info["model_path"] = str(context.output / "models" / context.run_id / "preprocess")
     return prepared, info
+
+
+def _record_validation(context: _Context, validation: ValidationResult) -> None:
+    """Write validation.json and the summary entries, list new warnings, then stop on a failed rule."""
+    context.summary["validation"] = validation.summary()
+    context.summary["rows_dropped"] = validation.rows_dropped()
+    write_json(context.run_dir / "validation.json", context.summary["validation"])
+    for message in validation.warning_messages():
+        if message not in context.warnings:
+            context.warnings.append(message)
+    raise_on_failure(validation)
 
 
 def _train_and_score(
     context: _Context, prepared: DataFrame, selection: FeatureSelection
 ) -> tuple[DataFrame, list[ModelResult]]:
     config = context.config
-    seed = int(config.get("run.seed"))
-    max_train_rows = int(config.get("detection.max_train_rows"))
     contamination = float(config.get("detection.contamination"))
-    names = list(config.get("detection.detectors"))
-    if not names:
-        raise DetectorParamError("detection.detectors is empty; list at least one detector, for example [isolation_forest]")
-    all_params = config.get("detection.params") or {}
-    detectors = [create_detector(name, dict(all_params.get(name) or {})) for name in names]
-    for detector in detectors:
-        detector.validated_params()
+    method = str(config.get("detection.threshold_method"))
+    sample = draw_evaluation_sample(prepared, int(config.get("detection.eval_sample_rows")), int(config.get("run.seed")))
+    results, search = train_detectors(prepared, config, sample)
+    sample.frame.unpersist()
+    sample.uniform.unpersist()
+    context.summary["search"] = search.to_dict()
 
     scored = prepared
-    results: list[ModelResult] = []
-    for detector in detectors:
-        started = time.perf_counter()
-        model = detector.fit(prepared, seed=seed, max_train_rows=max_train_rows)
-        score_column = f"score__{detector.name}"
-        scored = model.transform(scored).withColumnRenamed(SCORE, score_column)
-        results.append(
-            ModelResult(
-                name=detector.name,
-                params=model.params,
-                score_column=score_column,
-                flag_column=f"flag__{detector.name}",
-                fit_seconds=round(time.perf_counter() - started, 3),
-            )
-        )
-        logger.info("fitted %s in %.1f s", detector.name, results[-1].fit_seconds)
+    for result in results:
+        assert result.model is not None
+        scored = result.model.transform(scored).withColumnRenamed(SCORE, result.score_column)
     scored = scored.cache()
     scored.count()
 
+    members = list(config.get("detection.consensus_members"))
+    scored, consensus, reason = build_consensus(scored, results, members)
+    if consensus is not None:
+        results.append(consensus)
+    elif members:
+        context.warnings.append(f"no consensus candidate: {reason}")
+
     for result in results:
-        result.threshold = score_threshold(scored, result.score_column, contamination)
+        result.cut = choose_threshold(scored, result.score_column, contamination, method)
+        result.threshold = result.cut.value
+        if result.cut.warning:
+            context.warnings.append(result.cut.warning)
     for result in results:
-        scored = flag_anomalies(scored, result.score_column, result.threshold, result.flag_column)
+        scored = flag_anomalies(scored, result.score_column, result.cut, result.flag_column)
     return scored.cache(), results
 
 
-def _summarise_models(context: _Context, results: list[ModelResult], best: ModelResult, rows_scored: int) -> None:
-    summary = context.summary
-    rule = context.config.get("detection.selection_metric")
+def _summarise_models(
+    context: _Context, results: list[ModelResult], best: ModelResult, rows_scored: int, rationale: str, trusted: bool
+) -> None:
+    summary, config = context.summary, context.config
+    rule = str(config.get("detection.selection_rule"))
+    ranking_metrics = list(config.get("detection.ranking_metrics"))
     models = []
     for result in sorted(results, key=lambda r: r.rank or 0):
         entry: dict[str, Any] = {
             "name": result.name,
+            "kind": result.kind,
             "params": result.params,
             "rank": result.rank,
             "silhouette": result.metrics.get("silhouette"),
             "anomaly_rate": result.metrics.get("anomaly_rate"),
+            "metrics": dict(result.metrics),
             "threshold": result.threshold,
+            "threshold_inclusive": result.cut.inclusive if result.cut else None,
             "fit_seconds": result.fit_seconds,
             "excluded": result.excluded,
             "null_reasons": result.reasons,
+            "trials": result.trials,
         }
-        if context.config.get("source.label_column"):
+        if config.get("source.label_column"):
             entry["roc_auc"] = result.metrics.get("roc_auc")
             entry["pr_auc"] = result.metrics.get("pr_auc")
+            entry["precision_at_contamination"] = result.metrics.get("precision_at_contamination")
         models.append(entry)
     flagged = int(round((best.metrics.get("anomaly_rate") or 0.0) * rows_scored))
-    silhouette = best.metrics.get("silhouette")
-    if best.excluded is None and silhouette is not None:
-        others = [r for r in results if r is not best and r.excluded is None and r.metrics.get("silhouette") is not None]
-        runner_up = max(others, key=lambda r: r.metrics["silhouette"] or -1.0) if others else None
-        rationale = (
-            f"{best.name} separates its {flagged} flagged rows from the rest best (silhouette {silhouette:.3f}"
-            + (f" against {runner_up.metrics['silhouette']:.3f} for {runner_up.name}" if runner_up else "")
-            + f") and flags {100 * (best.metrics.get('anomaly_rate') or 0):.1f}% of rows, as the contamination setting expects."
-        )
-    else:
-        rationale = f"No model passed the sanity checks; {best.name} is listed first but its output is not trustworthy ({best.excluded or 'silhouette undefined'})."
+    if not trusted:
         context.warnings.append(rationale)
     summary.update(
         rows_scored=rows_scored,
-        rows_dropped={"total": 0, "by_reason": {}},
+        rows_dropped=summary.get("rows_dropped") or {"total": 0, "by_reason": {}},
         anomalies_flagged=flagged,
         models=models,
         selection_rule=SELECTION_RULES.get(rule, rule),
+        selection={"rule": rule, "ranking_metrics": ranking_metrics, "label_metrics_used": False},
         best_model={
             "name": best.name,
+            "kind": best.kind,
             "params": best.params,
             "metrics": {k: v for k, v in best.metrics.items()},
             "rationale": rationale,
             "threshold": best.threshold,
         },
-        trust=(
-            "Silhouette measures how well the flagged rows separate from the rest, not whether they are true anomalies; "
-            "with labels, compare the ROC-AUC column."
-        ),
+        trust=trust_statement(rule, ranking_metrics),
     )
 
 
@@ -363,23 +515,19 @@ def _write_artifacts(
     key_column = selection.id_column or ROW_ID
     artifacts: dict[str, str] = {}
 
-    write_csv_rows(
-        run_dir / "models.csv",
-        ["rank", "model", "silhouette", "anomaly_rate", "roc_auc", "pr_auc", "threshold", "fit_seconds", "excluded", "params"],
-        [
-            [m["rank"], m["name"], m["silhouette"], m["anomaly_rate"], m.get("roc_auc"), m.get("pr_auc"), m["threshold"], m["fit_seconds"], m["excluded"] or "", _params_text(m["params"])]
-            for m in summary["models"]
-        ],
-    )
+    write_csv_rows(run_dir / "models.csv", MODELS_CSV_COLUMNS, _models_csv_rows(summary["models"]))
     artifacts["models"] = "models.csv"
 
+    reference = fit_feature_reference(scored, selection.features)
     best_rows = scored.select(
         F.col(f"`{key_column}`").alias(key_column),
         *[F.col(f"`{c}`") for c in selection.features],
         F.col(best.score_column).alias(SCORE),
         F.col(best.flag_column).alias(IS_ANOMALY),
         F.lit(best.name).alias("model"),
+        top_features_expression(reference, F.col(best.flag_column)).alias(TOP_FEATURES),
     )
+    _save_active_model(context, best, selection, reference)
     written = stream_csv(best_rows, run_dir / "scores.csv")
     if written != summary["rows_scored"]:
         raise RuntimeError(f"scores.csv holds {written} rows but {summary['rows_scored']} were scored")
@@ -407,12 +555,19 @@ def _write_artifacts(
             "config": "config.json",
             "features": "features.json",
             "preprocess": "preprocess.json",
+            "schema": "schema.json",
+            "validation": "validation.json",
+            "statistics": "statistics.json",
             "columns": "columns.json",
             "log": "log.jsonl",
             "report": "report.html",
             "run_summary": "run_summary.json",
+            "drift": "drift.json",
+            "run_doc": "run.md",
         }
     )
+    if (run_dir / "errors.jsonl").exists():
+        artifacts["errors"] = "errors.jsonl"
     summary["artifacts"] = artifacts
     summary["delta_tables"] = {
         name: str(context.output / "delta" / name) for name in ("raw", "flat", "scores", "metrics_history")
@@ -422,12 +577,60 @@ def _write_artifacts(
     summary["timings_s"] = context.timings
     report_path = render_report(summary, top_anomalies, plots, run_dir / "report.html")
     _append_history(context, results, best)
+    write_run_doc(run_dir / "run.md", summary, context.drift, context.retrain)
     write_json(run_dir / "run_summary.json", summary)
     return report_path
 
 
 def _params_text(params: dict[str, Any]) -> str:
     return "; ".join(f"{k}={v}" for k, v in params.items())
+
+
+MODELS_CSV_COLUMNS = [
+    "rank", "model", "kind", "trial", "status", "silhouette", "anomaly_rate", "rate_gap", "excess_mass", "mass_volume",
+    "stability", "roc_auc", "pr_auc", "precision_at_contamination", "threshold", "fit_seconds", "excluded", "params",
+]
+
+
+def _models_csv_rows(models: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per ranked model, then one row per search trial under its detector (rank empty)."""
+    rows: list[list[Any]] = []
+    for m in models:
+        metrics = m["metrics"]
+        rows.append(
+            [m["rank"], m["name"], m["kind"], "", "chosen" if m["rank"] == 1 else "candidate"]
+            + [metrics.get(k) for k in MODELS_CSV_COLUMNS[5:14]]
+            + [m["threshold"], m["fit_seconds"], m["excluded"] or "", _params_text(m["params"])]
+        )
+    for m in models:
+        for trial in m.get("trials") or []:
+            status = trial["status"] + (" (chosen)" if trial.get("chosen") else "")
+            rows.append(
+                ["", m["name"], "trial", trial["trial"], status]
+                + [trial["metrics"].get(k) for k in MODELS_CSV_COLUMNS[5:14]]
+                + ["", trial["fit_seconds"], "", _params_text(trial["params"])]
+            )
+    return rows
+
+
+def _save_active_model(context: _Context, best: ModelResult, selection: FeatureSelection, reference: Any) -> None:
+    """Save the chosen model beside its preprocessing and make it the active model.
+
+    A model that cannot be saved (an unpicklable plug-in) leaves the active
+    model unchanged and adds a warning.
+    """
+    if best.model is None or best.cut is None or best.excluded is not None:
+        context.warnings.append(f"model {best.name} is not saved as the active model because it failed the sanity checks")
+        return
+    folder = context.output / "models" / context.run_id
+    try:
+        save_model(folder, context.run_id, best.model, best.cut, selection.features, selection.id_column, reference, PREPROCESS_VERSION)
+    except TypeError as exc:
+        context.warnings.append(f"the active model is unchanged: {exc}")
+        logger.warning("model %s not saved: %s", best.name, exc)
+        return
+    activate_model(context.output, context.run_id, best.name)
+    context.summary["active_model"] = {"run_id": context.run_id, "model": best.name, "path": str(folder)}
 
 
 def _write_delta_scores(context: _Context, scored: DataFrame, results: list[ModelResult], best: ModelResult, key_column: str) -> None:
@@ -446,7 +649,10 @@ def _write_delta_scores(context: _Context, scored: DataFrame, results: list[Mode
     combined = frames[0]
     for frame in frames[1:]:
         combined = combined.unionByName(frame)
-    combined.write.format("delta").mode("append").partitionBy("run_id").save(str(context.output / "delta" / "scores"))
+    path = str(context.output / "delta" / "scores")
+    retry_on_write_conflict(
+        lambda: combined.write.format("delta").mode("append").partitionBy("run_id").save(path), "append to the scores table"
+    )
 
 
 def _write_plots(context: _Context, scored: DataFrame, best: ModelResult) -> dict[str, Path]:
@@ -455,15 +661,43 @@ def _write_plots(context: _Context, scored: DataFrame, best: ModelResult) -> dic
     sample_df = scored
     if total > limit:
         sample_df = scored.sample(fraction=min(1.0, 1.2 * limit / total), seed=int(context.config.get("run.seed"))).limit(limit)
+
+    features = list(context.summary["features"]["selected"])
+    # Feature columns travel under positional aliases so that no feature name can clash with x, score or flag.
     sample = cast(pd.DataFrame, sample_df.select(
-        vector_to_array(F.col(FEATURES)).alias("x"), F.col(best.score_column).alias(SCORE), F.col(best.flag_column).alias(IS_ANOMALY)
+        vector_to_array(F.col(FEATURES)).alias("x"),
+        F.col(best.score_column).alias(SCORE),
+        F.col(best.flag_column).alias(IS_ANOMALY),
+        *[F.col(f"`{name}`").alias(f"__feature_{i}") for i, name in enumerate(features)],
     ).toPandas())
     vectors = np.vstack(sample["x"].to_numpy()) if len(sample) else np.empty((0, 0))
+    feature_values = sample[[f"__feature_{i}" for i in range(len(features))]].set_axis(features, axis=1)
     plots_dir = context.run_dir / "plots"
-    return {
+    plots = {
         "score_distribution": plot_score_distribution(sample[SCORE].to_numpy(dtype=float), best.threshold, best.name, plots_dir / "score_distribution.png"),
         "projection": plot_projection(sample, vectors, IS_ANOMALY, best.name, plots_dir / "projection_2d.png"),
+        "feature_distributions": plot_feature_distributions(
+            feature_values, sample[IS_ANOMALY].to_numpy() == 1, best.name, plots_dir / "feature_distributions.png"
+        ),
     }
+
+    try:
+        earlier = load_history_trend(context.spark, context.output, context.summary["dataset_key"])
+    except Exception as exc:  # the trend plot is optional; an unreadable history must not fail the run
+        logger.warning("history trend skipped: could not read the metrics history: %s", exc)
+        earlier = []
+    earlier = [point for point in earlier if point["run_id"] != context.run_id]
+    if earlier:
+        current = {
+            "run_id": context.run_id,
+            "timestamp": context.started_at.isoformat(),
+            "anomaly_rate": best.metrics.get("anomaly_rate"),
+            "rows_scored": context.summary["rows_scored"],
+        }
+        plots["history_trend"] = plot_history_trend(
+            earlier + [current], f"Runs of {context.summary['dataset_key']}", plots_dir / "history_trend.png", context.run_id
+        )
+    return plots
 
 
 def _append_history(context: _Context, results: list[ModelResult], best: ModelResult) -> None:
@@ -472,7 +706,14 @@ def _append_history(context: _Context, results: list[ModelResult], best: ModelRe
         (None, "rows_ingested", float(summary["rows_ingested"])),
         (None, "rows_scored", float(summary["rows_scored"])),
         (best.name, "best_model_anomaly_rate", best.metrics.get("anomaly_rate")),
+        (None, "anomalies_flagged", float(summary["anomalies_flagged"])),
     ]
+    rule = str(context.config.get("detection.ranking_metrics")[0])
+    metrics.append((best.name, CHOSEN_METRIC_PREFIX + rule, best.metrics.get(rule)))
+    if context.drift is not None and context.drift.get("drift_detected") is not None:
+        metrics.append((None, "drift_detected", float(bool(context.drift["drift_detected"]))))
+    if context.retrain is not None:
+        metrics.append((None, "retrain_recommended", float(bool(context.retrain["recommended"]))))
     for result in results:
         for metric in ("silhouette", "anomaly_rate", "roc_auc", "pr_auc"):
             if metric in result.metrics:

@@ -37,6 +37,7 @@ def spark() -> Iterator["object"]:
         app_name="anomaly-spark-tests",
         conf={
             "spark.sql.shuffle.partitions": "2",
+            "spark.databricks.delta.snapshotPartitions": "2",
             "spark.default.parallelism": "2",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",

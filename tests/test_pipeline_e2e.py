@@ -18,13 +18,18 @@ from anomaly_spark.pipeline import RunResult, run_analysis
 
 from .apiserver import ApiServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 REQUIRED_ARTIFACTS = ["run_summary.json", "config.json", "models.csv", "scores.csv", "report.html"]
 
 
+# Tests that are not about the detector set train fewer models to keep the suite fast;
+# the bundled-sample test runs the default set.
+FAST_DETECTORS = ["kmeans_distance", "gaussian_mixture", "isolation_forest", "robust_covariance"]
+
+
 def _run(spark: Any, output: Path, **settings: Any) -> RunResult:
-    extra = {"run.output": str(output), **settings}
+    extra = {"run.output": str(output), "detection.detectors": FAST_DETECTORS, **settings}
     return run_analysis(load_config(extra=extra), spark=spark)
 
 
@@ -156,7 +161,7 @@ def test_cli_bad_set_value_exits_with_message(tmp_path: Path) -> None:
 
 
 def test_pipeline_bundled_sample_flags_malignant(spark: Any, output_dir: Path) -> None:
-    result = _run(spark, output_dir)
+    result = run_analysis(load_config(extra={"run.output": str(output_dir)}), spark=spark)
     summary = _assert_run_artifacts(result)
     assert summary["rows_ingested"] == 377
     assert summary["label_column"] == "malignant"
