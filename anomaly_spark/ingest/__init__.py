@@ -335,7 +335,13 @@ def _table_types(spark: SparkSession, path: Path) -> dict[str, T.DataType]:
     """Return the column types of the Delta table at ``path``, or nothing when it does not exist yet."""
     if not (path / "_delta_log").is_dir():
         return {}
-    schema = spark.read.format("delta").load(str(path)).schema
+    try:
+        schema = spark.read.format("delta").load(str(path)).schema
+    except AnalysisException as exc:
+        # A concurrent run may have created _delta_log without committing its first version yet.
+        if "DELTA_TABLE_NOT_FOUND" in str(exc) or "DELTA_EMPTY_DIRECTORY" in str(exc):
+            return {}
+        raise
     return {f.name.lower(): f.dataType for f in schema.fields}
 
 
