@@ -43,7 +43,7 @@ from .rundoc import write_run_doc
 from .sample import SAMPLE_LABEL_COLUMN, build_sample_csv
 from .session import create_spark_session
 from .scoring import activate_model, save_model
-from .search import train_detectors
+from .search import create_configured_detectors, train_detectors
 from .selection import SELECTION_RULES, build_consensus, choose_model, trust_statement
 from .thresholds import IS_ANOMALY, choose_threshold, flag_anomalies
 
@@ -143,6 +143,8 @@ def run_analysis(
         check_no_inline_secrets(config.section("api"))
     except ApiError as exc:
         raise RunFailed(str(exc), exc.exit_code, None) from None
+    # Unknown detectors and invalid parameters stop the run before Spark starts.
+    create_configured_detectors(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(run_id, run_dir / "log.jsonl")
     config = _resolve_sample(config, output)

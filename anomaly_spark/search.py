@@ -23,7 +23,7 @@ from .config import Config
 from .detectors import Detector, DetectorModel, DetectorParamError, create_detector
 from .evaluate import METRIC_DIRECTIONS, EvaluationSample, ModelResult, excess_mass_mass_volume, score_sample, spearman
 
-__all__ = ["SearchInfo", "train_detectors", "parameter_grid"]
+__all__ = ["SearchInfo", "create_configured_detectors", "train_detectors", "parameter_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,27 @@ def _trial_metrics(
     return metrics
 
 
+def create_configured_detectors(config: Config) -> list[Detector]:
+    """Create the detectors of ``detection.detectors`` and check their parameters.
+
+    Raises
+    ------
+    DetectorParamError
+        On an empty or repeated list, an unknown detector or an invalid parameter.
+    """
+    names = list(config.get("detection.detectors"))
+    if not names:
+        raise DetectorParamError("detection.detectors is empty; list at least one detector, for example [isolation_forest]")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DetectorParamError(f"detection.detectors lists {', '.join(duplicates)} more than once; list each detector once")
+    all_params = config.get("detection.params") or {}
+    detectors = [create_detector(name, dict(all_params.get(name) or {})) for name in names]
+    for detector in detectors:
+        detector.validated_params()
+    return detectors
+
+
 def train_detectors(
     prepared: DataFrame, config: Config, sample: EvaluationSample
 ) -> tuple[list[ModelResult], SearchInfo]:
@@ -96,16 +117,7 @@ def train_detectors(
     """
     seed = int(config.get("run.seed"))
     max_train_rows = int(config.get("detection.max_train_rows"))
-    names = list(config.get("detection.detectors"))
-    if not names:
-        raise DetectorParamError("detection.detectors is empty; list at least one detector, for example [isolation_forest]")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise DetectorParamError(f"detection.detectors lists {', '.join(duplicates)} more than once; list each detector once")
-    all_params = config.get("detection.params") or {}
-    detectors = [create_detector(name, dict(all_params.get(name) or {})) for name in names]
-    for detector in detectors:
-        detector.validated_params()
+    detectors = create_configured_detectors(config)
 
     mode = str(config.get("run.mode"))
     info = SearchInfo(mode=mode)

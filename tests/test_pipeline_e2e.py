@@ -168,3 +168,12 @@ def test_pipeline_bundled_sample_flags_malignant(spark: Any, output_dir: Path) -
     assert "patient_id" not in summary["features"]["selected"]
     assert 10 <= summary["anomalies_flagged"] <= 25
     assert summary["best_model"]["metrics"]["roc_auc"] > 0.8
+
+
+def test_cli_unknown_detector_rejected_before_run(tmp_path: Path) -> None:
+    runner = CliRunner()
+    outcome = runner.invoke(cli, ["run", "--output", str(tmp_path), "--set", "detection.detectors=[kmeans_distance,nope]"])
+    assert outcome.exit_code == 2
+    assert "unknown detector 'nope'" in outcome.output
+    assert "kmeans_distance" in outcome.output
+    assert not (tmp_path / "runs").exists()
