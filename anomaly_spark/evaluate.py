@@ -150,7 +150,7 @@ def excess_mass_mass_volume(
     ``uniform_scores``, drawn uniformly in a box of ``volume``. Higher
     Excess-Mass and lower Mass-Volume are better.
 
-    NOTE: the paper advises averaging over random subsets of at most 8
+    NOTE: Goix (2016) advises averaging over random subsets of at most 8
     features for wider data; this estimate uses all features, so on wide
     data the level sets rarely contain uniform points and the two values
     discriminate less.

@@ -55,7 +55,7 @@ _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class RunFailed(RuntimeError):
-    """A run failed; ``exit_code`` tells the kind and ``summary_path`` where the failure is recorded."""
+    """Failed run, with a per-kind ``exit_code`` and the ``summary_path`` that records the failure."""
 
     def __init__(self, message: str, exit_code: int, summary_path: Path | None) -> None:
         super().__init__(message)
@@ -65,7 +65,7 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class RunResult:
-    """What a finished run produced."""
+    """Run id, folder, summary, report path and stage timings of a finished run."""
 
     run_id: str
     run_dir: Path
@@ -137,7 +137,7 @@ def run_analysis(
     output = Path(config.get("run.output")).resolve()
     run_dir = output / "runs" / run_id
     if (run_dir / "run_summary.json").exists():
-        raise RunFailed(f"run folder {run_dir} already holds a finished run; choose another --run-id", 2, None)
+        raise RunFailed(f"run folder {run_dir} already contains a finished run; choose another --run-id", 2, None)
     try:
         # Checked before config.json is written, so a secret typed into the config never reaches disk.
         check_no_inline_secrets(config.section("api"))
@@ -532,7 +532,7 @@ def _write_artifacts(
     _save_active_model(context, best, selection, reference)
     written = stream_csv(best_rows, run_dir / "scores.csv")
     if written != summary["rows_scored"]:
-        raise RuntimeError(f"scores.csv holds {written} rows but {summary['rows_scored']} were scored")
+        raise RuntimeError(f"scores.csv contains {written} rows but {summary['rows_scored']} were scored")
     artifacts["scores"] = "scores.csv"
 
     _write_delta_scores(context, scored, results, best, key_column)

@@ -48,7 +48,7 @@ class ScoringError(ValueError):
 
 @dataclass
 class ScoreResult:
-    """Where scoring new data wrote its output."""
+    """Output locations of one scoring run on new data."""
 
     score_id: str
     run_dir: Path

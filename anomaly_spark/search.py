@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SearchInfo:
-    """What the training stage tried: the mode, the grid per detector and the budget."""
+    """Record of the training stage: the mode, the grid per detector and the budget."""
 
     mode: str
     strategy: str | None = None

@@ -284,8 +284,12 @@ def test_excess_mass_prefers_true_density() -> None:
     em_good, mv_good, reason = excess_mass_mass_volume(good[0], good[1], volume)
     em_noise, mv_noise, _ = excess_mass_mass_volume(noise[0], noise[1], volume)
     assert reason is None
-    assert em_good is not None and em_noise is not None and em_good > em_noise
-    assert mv_good is not None and mv_noise is not None and mv_good < mv_noise
+    assert em_good is not None
+    assert em_noise is not None
+    assert em_good > em_noise
+    assert mv_good is not None
+    assert mv_noise is not None
+    assert mv_good < mv_noise
     assert excess_mass_mass_volume(good[0], good[1], math.inf)[2] is not None
 
 

@@ -62,7 +62,7 @@ class IngestError(RuntimeError):
 
 @dataclass
 class IngestResult:
-    """What ingestion wrote and counted."""
+    """Rows, counts and column mapping that ingestion wrote for one run."""
 
     flat: DataFrame
     rows: int
@@ -312,7 +312,7 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
     snapshot = read_flat_snapshot(spark, output, run_id, list(mapping.values()))
     rows = snapshot.count()
     if rows == 0:
-        raise IngestError(f"the source {shown_source} holds no records; check the path, the format and source.records_path")
+        raise IngestError(f"the source {shown_source} contains no records; check the path, the format and source.records_path")
     if fmt == "api":
         expected = extra["api"]["records"] + sum(flattened.exploded.values())
         if rows != expected:
