@@ -48,6 +48,7 @@ _CHOICES: dict[str, set[str]] = {
     "validation.rules.min_numeric_features.level": {"warn", "fail", "off"},
     "validation.rules.max_constant_columns.level": {"warn", "fail", "off"},
     "detection.selection_rule": {"consensus", "ranking"},
+    "detection.consensus_combination": {"max", "mean"},
     "detection.threshold_method": {"contamination", "auto"},
     "detection.search.strategy": {"grid", "random"},
     "detection.search.trial_metric": {"stability", "excess_mass", "mass_volume"},

@@ -1,9 +1,10 @@
 """Metrics per model: label-free quality, sanity checks, and label metrics for evaluation only.
 
 Full-data metrics (anomaly rate, score statistics, silhouette, ROC-AUC,
-PR-AUC, precision at the true contamination) run as Spark jobs. Excess-Mass,
-Mass-Volume and stability need scores of points the model has not seen, so
-they use a bounded evaluation sample held on the driver.
+PR-AUC, precision at the true contamination) run as Spark jobs shared by
+all models: a fixed number of passes over the scored rows, whatever the
+number of models. Excess-Mass, Mass-Volume and stability use a bounded
+evaluation sample held on the driver and score it there with numpy.
 """
 
 from __future__ import annotations
@@ -15,21 +16,22 @@ from typing import Any, Callable, cast
 
 import numpy as np
 import pandas as pd
-from pyspark.ml.evaluation import BinaryClassificationEvaluator, ClusteringEvaluator
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .detectors import FEATURES, SCORE, DetectorModel
-from .thresholds import Threshold, choose_threshold, flag_expression
+from .detectors import FEATURES, SCORE, Detector, DetectorModel, fits_locally
+from .detectors._spark import subsample, training_sample
+from .thresholds import Threshold
 
 __all__ = [
     "ModelResult",
     "EvaluationSample",
     "METRIC_DIRECTIONS",
     "draw_evaluation_sample",
+    "make_evaluation_sample",
     "evaluate_models",
     "score_sample",
     "excess_mass_mass_volume",
@@ -47,6 +49,10 @@ METRIC_DIRECTIONS: dict[str, int] = {
     "rate_gap": -1,
 }
 LABEL_METRICS = ("roc_auc", "pr_auc", "precision_at_contamination")
+# Score bins per model for ROC-AUC and PR-AUC (Spark's BinaryClassificationEvaluator bins at 1000 by default).
+_LABEL_BINS = 2000
+# Largest training-sample subset a stability refit uses.
+_STABILITY_ROWS = 20_000
 
 
 @dataclass
@@ -68,28 +74,49 @@ class ModelResult:
     rank: int | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
     refit: Callable[[DataFrame, int], DetectorModel] | None = None
+    detector: Detector | None = None
+    member_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
 class EvaluationSample:
-    """A bounded random sample of prepared rows with uniform points in its bounding box.
+    """A bounded random sample of prepared rows with uniform points in its bounding box, held on the driver.
 
     Attributes
     ----------
-    frame : DataFrame
-        The sampled rows as a small cached DataFrame with the ``features`` column only.
     vectors : numpy.ndarray
-        The same rows as a matrix.
-    uniform : DataFrame
+        The sampled rows as a matrix.
+    uniform_vectors : numpy.ndarray
         Points drawn uniformly in the sample's bounding box, for Excess-Mass and Mass-Volume.
     volume : float
         Volume of that box (infinite when it overflows).
+    training : numpy.ndarray
+        The training sample the evaluation rows were drawn from; stability refits use subsets of it.
+    spark : SparkSession or None
+        Session for the small DataFrames that models without ``score_matrix`` need.
     """
 
-    frame: DataFrame
     vectors: np.ndarray
-    uniform: DataFrame
+    uniform_vectors: np.ndarray
     volume: float
+    training: np.ndarray
+    spark: SparkSession | None = None
+    _frames: dict[str, DataFrame] = field(default_factory=dict)
+
+    def frame(self, which: str = "data") -> DataFrame:
+        """Return the sample (``data``) or the uniform points (``uniform``) as a small cached DataFrame."""
+        if which not in self._frames:
+            if self.spark is None:
+                raise ValueError("this evaluation sample has no Spark session, so it cannot become a DataFrame")
+            matrix = self.vectors if which == "data" else self.uniform_vectors
+            self._frames[which] = _vectors_frame(self.spark, matrix)
+        return self._frames[which]
+
+    def unpersist(self) -> None:
+        """Release the cached DataFrames, if any were created."""
+        for frame in self._frames.values():
+            frame.unpersist()
+        self._frames.clear()
 
 
 def _finite(value: Any) -> float | None:
@@ -105,24 +132,35 @@ def _vectors_frame(spark: SparkSession, matrix: np.ndarray) -> DataFrame:
     return spark.createDataFrame(rows, schema).repartition(2).cache()
 
 
-def draw_evaluation_sample(df: DataFrame, max_rows: int, seed: int) -> EvaluationSample:
-    """Collect at most ``max_rows`` feature vectors and as many uniform points in their bounding box."""
-    total = df.count()
-    sampled = df if total <= max_rows else df.sample(fraction=min(1.0, 1.1 * max_rows / total), seed=seed).limit(max_rows)
-    pdf = cast(pd.DataFrame, sampled.select(vector_to_array(F.col(FEATURES)).alias("x")).toPandas())
-    vectors = np.vstack(pdf["x"].to_numpy()).astype(float)
-    low, high = vectors.min(axis=0), vectors.max(axis=0)
+def make_evaluation_sample(training: np.ndarray, max_rows: int, seed: int, spark: SparkSession | None = None) -> EvaluationSample:
+    """Draw at most ``max_rows`` rows of ``training`` and as many uniform points in their bounding box."""
+    vectors = subsample(training, max_rows, seed).astype(float)
+    if len(vectors):
+        low, high = vectors.min(axis=0), vectors.max(axis=0)
+    else:
+        low = high = np.zeros(training.shape[1] if training.ndim == 2 else 0)
     generator = np.random.default_rng(seed)
-    uniform = generator.uniform(low, high, size=(len(vectors), vectors.shape[1]))
+    uniform = generator.uniform(low, high, size=(len(vectors), len(low)))
     with np.errstate(over="ignore"):
         volume = float(np.prod(np.maximum(high - low, 1e-12)))
-    spark = df.sparkSession
-    return EvaluationSample(_vectors_frame(spark, vectors), vectors, _vectors_frame(spark, uniform), volume)
+    return EvaluationSample(vectors, uniform, volume, training, spark)
 
 
-def score_sample(model: DetectorModel, frame: DataFrame) -> np.ndarray:
-    """Score the rows of a small sample DataFrame and return the scores in row order."""
-    indexed = frame.withColumn("__order", F.monotonically_increasing_id())
+def draw_evaluation_sample(df: DataFrame, max_rows: int, seed: int) -> EvaluationSample:
+    """Collect at most ``max_rows`` feature vectors of ``df`` as an :class:`EvaluationSample`."""
+    return make_evaluation_sample(training_sample(df, max_rows, seed), max_rows, seed, df.sparkSession)
+
+
+def score_sample(model: DetectorModel, sample: EvaluationSample, which: str = "data") -> np.ndarray:
+    """Score the sample rows (``data``) or the uniform points (``uniform``) in row order.
+
+    Models with ``score_matrix`` score on the driver; others score the
+    sample as a small DataFrame on Spark.
+    """
+    if model.scores_locally:
+        matrix = sample.vectors if which == "data" else sample.uniform_vectors
+        return np.asarray(model.score_matrix(matrix), dtype=float)
+    indexed = sample.frame(which).withColumn("__order", F.monotonically_increasing_id())
     scored = model.transform(indexed).select("__order", SCORE).toPandas()
     return cast(pd.DataFrame, scored).sort_values("__order")[SCORE].to_numpy(dtype=float)
 
@@ -190,10 +228,12 @@ def evaluate_models(
     """Fill ``metrics``, ``reasons`` and ``excluded`` of each result in place.
 
     Score statistics and anomaly rates of all models come from one
-    aggregation; silhouette and the label metrics take one pass per model.
-    With ``sample``, Excess-Mass and Mass-Volume come from the sample and
-    stability is the Spearman correlation, on the sample, between the model
-    and the same detector refitted with another seed on a random 80% of rows.
+    aggregation, the silhouettes of all models from two passes, and the
+    label metrics of all models from two more. With ``sample``, Excess-Mass
+    and Mass-Volume come from the sample, and stability is the Spearman
+    correlation, on the sample, between the model and the same detector
+    refitted with another seed on a random 80% of the training sample (at
+    most ``stability_rows`` rows).
     """
     aggregates = [F.count(F.lit(1)).alias("rows")]
     for index, result in enumerate(results):
@@ -224,28 +264,101 @@ def evaluate_models(
             result.excluded = "no row is flagged (anomaly rate 0)"
         elif rate > 0.5:
             result.excluded = f"anomaly rate {rate:.3f} is above 0.5"
-        result.metrics["silhouette"] = _silhouette(df, result)
-        if sample is not None:
+    _silhouettes(df, results)
+    if sample is not None:
+        for result in results:
             _sample_metrics(df, result, sample, seed, stability_rows)
-        if label_column:
-            _label_metrics(df, result, label_column)
+    if label_column:
+        _label_metrics(df, results, label_column)
 
 
-def _silhouette(df: DataFrame, result: ModelResult) -> float | None:
-    rate = result.metrics.get("anomaly_rate")
-    if rate is None or rate in (0.0, 1.0):
-        result.reasons["silhouette"] = "silhouette needs two groups, but every row has the same is_anomaly value"
-        return None
-    evaluator = ClusteringEvaluator(
-        featuresCol=FEATURES,
-        predictionCol=result.flag_column,
-        metricName="silhouette",
-        distanceMeasure="squaredEuclidean",
-    )
-    value = _finite(evaluator.evaluate(df))
-    if value is None:
-        result.reasons["silhouette"] = "Spark's ClusteringEvaluator returned a non-finite value"
-    return value
+def _partition_sums(df: DataFrame, columns: list[str], width: int, partial: Callable[[np.ndarray, pd.DataFrame], np.ndarray]) -> np.ndarray:
+    """Sum ``partial(matrix, batch)`` over every Arrow batch of ``df``: one small row per partition reaches the driver."""
+    arrays = df.select(vector_to_array(F.col(FEATURES)).alias("__x"), *[F.col(f"`{c}`") for c in columns])
+    schema = T.StructType([T.StructField("sums", T.ArrayType(T.DoubleType(), False), False)])
+
+    def run(batches: Any) -> Any:
+        total = np.zeros(width)
+        for batch in batches:
+            if len(batch):
+                total += partial(np.vstack(batch["__x"].to_numpy()).astype(float), batch)
+        yield pd.DataFrame({"sums": [total.tolist()]})
+
+    rows = arrays.mapInPandas(run, schema).collect()
+    return np.sum([np.asarray(row["sums"], dtype=float) for row in rows], axis=0) if rows else np.zeros(width)
+
+
+def _silhouettes(df: DataFrame, results: list[ModelResult]) -> None:
+    """Silhouette of every model's two groups (flagged and not), as Spark's ClusteringEvaluator computes it.
+
+    Squared Euclidean distance lets each point's mean distance to a group
+    follow from the group's size, vector sum and sum of squared norms, so
+    one pass collects those per model and a second pass averages the
+    per-point coefficients of all models.
+    """
+    measured = []
+    for result in results:
+        rate = result.metrics.get("anomaly_rate")
+        if rate is None or rate in (0.0, 1.0):
+            result.metrics["silhouette"] = None
+            result.reasons["silhouette"] = "silhouette needs two groups, but every row has the same is_anomaly value"
+        else:
+            measured.append(result)
+    if not measured:
+        return
+    flags = [r.flag_column for r in measured]
+    first = df.select(vector_to_array(F.col(FEATURES)).alias("x")).first()
+    dims = len(first["x"]) if first is not None else 0
+    models = len(measured)
+    # Per model: [rows flagged, sum of squared norms flagged, vector sum flagged]; then the same for all rows.
+    block = dims + 2
+
+    def group_stats(x: np.ndarray, batch: pd.DataFrame) -> np.ndarray:
+        norms = np.einsum("ij,ij->i", x, x)
+        out = np.empty(block * (models + 1))
+        for m, flag in enumerate(flags):
+            chosen = batch[flag].to_numpy() == 1
+            out[m * block] = chosen.sum()
+            out[m * block + 1] = norms[chosen].sum()
+            out[m * block + 2 : (m + 1) * block] = x[chosen].sum(axis=0)
+        out[models * block] = len(x)
+        out[models * block + 1] = norms.sum()
+        out[models * block + 2 :] = x.sum(axis=0)
+        return out
+
+    totals = _partition_sums(df, flags, block * (models + 1), group_stats)
+    everything = totals[models * block : (models + 1) * block]
+    groups = []
+    for m in range(models):
+        flagged = totals[m * block : (m + 1) * block]
+        groups.append((flagged, everything - flagged))
+
+    def coefficients(x: np.ndarray, batch: pd.DataFrame) -> np.ndarray:
+        norms = np.einsum("ij,ij->i", x, x)
+        out = np.zeros(models)
+        for m, flag in enumerate(flags):
+            chosen = batch[flag].to_numpy() == 1
+            mean_distance = []
+            for stats in groups[m]:
+                size = stats[0]
+                mean_distance.append(norms + stats[1] / size - 2.0 * (x @ stats[2:]) / size if size > 0 else np.full(len(x), np.inf))
+            to_flagged, to_normal = mean_distance
+            own_size = np.where(chosen, groups[m][0][0], groups[m][1][0])
+            own = np.where(chosen, to_flagged, to_normal)
+            other = np.where(chosen, to_normal, to_flagged)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                own = own * own_size / (own_size - 1.0)
+                value = np.where(own < other, 1.0 - own / other, np.where(own > other, other / own - 1.0, 0.0))
+            out[m] = np.where(own_size <= 1, 0.0, value).sum()
+        return out
+
+    sums = _partition_sums(df, flags, models, coefficients)
+    rows = everything[0]
+    for m, result in enumerate(measured):
+        value = _finite(sums[m] / rows) if rows else None
+        result.metrics["silhouette"] = value
+        if value is None:
+            result.reasons["silhouette"] = "the silhouette is not a finite number"
 
 
 def _sample_metrics(df: DataFrame, result: ModelResult, sample: EvaluationSample, seed: int, stability_rows: int) -> None:
@@ -254,53 +367,138 @@ def _sample_metrics(df: DataFrame, result: ModelResult, sample: EvaluationSample
             result.metrics[metric] = None
             result.reasons[metric] = "the model object is not available for scoring the evaluation sample"
         return
-    data_scores = score_sample(result.model, sample.frame)
-    uniform_scores = score_sample(result.model, sample.uniform)
+    data_scores = score_sample(result.model, sample)
+    uniform_scores = score_sample(result.model, sample, "uniform")
     em, mv, reason = excess_mass_mass_volume(data_scores, uniform_scores, sample.volume)
     result.metrics["excess_mass"], result.metrics["mass_volume"] = em, mv
     if reason:
         result.reasons["excess_mass"] = result.reasons["mass_volume"] = reason
-    if result.refit is None:
+    if result.refit is None and result.detector is None:
         result.metrics["stability"] = None
         result.reasons["stability"] = "stability is measured for single detectors only"
         return
-    subsample = df.select(FEATURES).sample(fraction=0.8, seed=seed + 1).limit(stability_rows)
     try:
-        refitted = result.refit(subsample, seed + 1)
+        refitted = refit_for_stability(result, df, sample, seed, stability_rows)
     except Exception as exc:  # a refit failure leaves the model usable; only the metric is missing
         result.metrics["stability"] = None
         result.reasons["stability"] = f"refitting on a subsample failed: {type(exc).__name__}: {exc}"
         logger.warning("stability of %s: refit failed: %s", result.name, exc)
         return
-    value = spearman(data_scores, score_sample(refitted, sample.frame))
+    value = spearman(data_scores, score_sample(refitted, sample))
     result.metrics["stability"] = value
     if value is None:
         result.reasons["stability"] = "scores on the evaluation sample are constant or not finite"
 
 
-def _label_metrics(df: DataFrame, result: ModelResult, label_column: str) -> None:
-    score = F.col(result.score_column)
-    labelled = df.filter(F.col(label_column).isNotNull() & ~F.isnan(score) & score.isNotNull())
-    counts = labelled.agg(F.sum(F.col(label_column)).alias("pos"), F.count(F.lit(1)).alias("n")).first()
+def refit_for_stability(result: ModelResult, df: DataFrame, sample: EvaluationSample, seed: int, max_rows: int) -> DetectorModel:
+    """Refit ``result``'s detector with ``seed + 1`` on a random 80% of the training sample.
+
+    Detectors with a local fit refit on the driver on at most
+    ``min(max_rows, 20000)`` rows (fewer when the detector itself trains on
+    fewer); others refit with Spark on a random 80% of ``df``.
+    """
+    detector = result.detector
+    if detector is not None and fits_locally(detector):
+        rows = min(int(0.8 * len(sample.training)), max_rows, _STABILITY_ROWS, detector.sample_rows(max_rows))
+        return detector.fit_local(subsample(sample.training, max(rows, 2), seed + 1), seed + 1)
+    assert result.refit is not None
+    return result.refit(df.select(FEATURES).sample(fraction=0.8, seed=seed + 1).limit(max_rows), seed + 1)
+
+
+def _label_metrics(df: DataFrame, results: list[ModelResult], label_column: str) -> None:
+    """ROC-AUC, PR-AUC and precision at the true contamination of every model, for evaluation only.
+
+    One ``approxQuantile`` pass cuts each model's scores into 10,000 bins
+    (relative rank error 1e-4) and one pass counts labelled rows per bin;
+    rows within one bin count as tied. Precision flags the scores at or
+    above the ``1 - p`` quantile, where p is the share of positive labels.
+    """
+    label = F.col(f"`{label_column}`")
+    counts = df.agg(F.sum(F.when(label.isNotNull(), label)).alias("pos"), F.count(label).alias("n")).first()
     positives = int(counts["pos"] or 0) if counts else 0
     total = int(counts["n"] or 0) if counts else 0
     if positives == 0 or positives == total:
         reason = "the label column holds a single class, so ROC-AUC, PR-AUC and precision are undefined"
+        for result in results:
+            for metric in LABEL_METRICS:
+                result.metrics[metric] = None
+                result.reasons[metric] = reason
+        return
+    share = positives / total
+    probabilities = sorted({(i + 0.5) / _LABEL_BINS for i in range(_LABEL_BINS)} | {1.0 - share})
+    aliases = [f"__s{i}" for i in range(len(results))]
+    labelled = df.filter(label.isNotNull())
+    finite = labelled.select(
+        *[F.when(~F.isnan(F.col(r.score_column)), F.col(r.score_column)).alias(a) for r, a in zip(results, aliases)]
+    )
+    quantiles = finite.approxQuantile(aliases, probabilities, 1.0 / _LABEL_BINS)
+    cut_index = probabilities.index(1.0 - share)
+    edges = [np.unique(np.asarray(q, dtype=float)) for q in quantiles]
+    cuts = [float(q[cut_index]) if q else math.nan for q in quantiles]
+    columns = [r.score_column for r in results]
+    widths = [len(e) + 1 for e in edges]
+    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+
+    size = 2 * int(offsets[-1])
+    width = size + 4 * len(columns)
+
+    def histogram(scores: pd.DataFrame) -> np.ndarray:
+        out = np.zeros(width)
+        labels = scores[label_column].to_numpy(dtype=float)
+        for m, column in enumerate(columns):
+            values = scores[column].to_numpy(dtype=float)
+            keep = np.isfinite(values) & ~np.isnan(labels)
+            bins = np.searchsorted(edges[m], values[keep], side="right") + offsets[m]
+            positive = labels[keep] == 1
+            out[: offsets[-1]] += np.bincount(bins[positive], minlength=int(offsets[-1]))
+            out[offsets[-1] : size] += np.bincount(bins[~positive], minlength=int(offsets[-1]))
+            # Rows above and at-or-above the cut at the true contamination, and the positives among them.
+            above, at = values[keep] > cuts[m], values[keep] >= cuts[m]
+            out[size + 4 * m : size + 4 * m + 4] += [above.sum(), at.sum(), (above & positive).sum(), (at & positive).sum()]
+        return out
+
+    schema = T.StructType([T.StructField("counts", T.ArrayType(T.DoubleType(), False), False)])
+
+    def run(batches: Any) -> Any:
+        total_counts = np.zeros(width)
+        for batch in batches:
+            if len(batch):
+                total_counts += histogram(batch)
+        yield pd.DataFrame({"counts": [total_counts.tolist()]})
+
+    # NOTE: one row of 2 x models x 10,001 counts per partition reaches the driver.
+    rows = labelled.select(label.cast("double").alias(label_column), *[F.col(c) for c in columns]).mapInPandas(run, schema).collect()
+    summed = np.sum([np.asarray(row["counts"], dtype=float) for row in rows], axis=0)
+    for m, result in enumerate(results):
+        pos = summed[offsets[m] : offsets[m + 1]][::-1]
+        neg = summed[offsets[-1] + offsets[m] : offsets[-1] + offsets[m + 1]][::-1]
+        _curve_metrics(result, pos, neg, summed[size + 4 * m : size + 4 * m + 4], share)
+
+
+def _curve_metrics(result: ModelResult, pos: np.ndarray, neg: np.ndarray, at_cut: np.ndarray, share: float) -> None:
+    """Fill the label metrics of one model from per-bin counts ordered from the highest scores down."""
+    positives, negatives = pos.sum(), neg.sum()
+    if positives == 0 or negatives == 0:
+        reason = "the rows with finite scores hold a single class, so ROC-AUC, PR-AUC and precision are undefined"
         for metric in LABEL_METRICS:
             result.metrics[metric] = None
             result.reasons[metric] = reason
         return
-    evaluator = BinaryClassificationEvaluator(rawPredictionCol=result.score_column, labelCol=label_column)
-    result.metrics["roc_auc"] = _finite(evaluator.evaluate(labelled, {evaluator.metricName: "areaUnderROC"}))
-    result.metrics["pr_auc"] = _finite(evaluator.evaluate(labelled, {evaluator.metricName: "areaUnderPR"}))
-    # Precision among the rows flagged at the true contamination (positives / rows), ties resolved as for is_anomaly.
-    cut = choose_threshold(labelled, result.score_column, positives / total)
-    hits = labelled.agg(
-        F.sum(flag_expression(score, cut)).alias("flagged"),
-        F.sum(flag_expression(score, cut) * F.col(label_column)).alias("true"),
-    ).first()
-    flagged = int(hits["flagged"] or 0) if hits else 0
-    result.metrics["precision_at_contamination"] = (int(hits["true"] or 0) / flagged) if hits and flagged else None
+    negatives_below = negatives - np.cumsum(neg)
+    result.metrics["roc_auc"] = _finite(float(np.sum(pos * (negatives_below + 0.5 * neg)) / (positives * negatives)))
+    true_positives, false_positives = np.cumsum(pos), np.cumsum(neg)
+    seen = (true_positives + false_positives) > 0
+    precision = np.where(seen, true_positives / np.maximum(true_positives + false_positives, 1), 1.0)[seen]
+    recall = (true_positives / positives)[seen]
+    # Trapezoids over the PR curve, starting at recall 0 with the first point's precision, as Spark's areaUnderPR does.
+    xs = np.concatenate([[0.0], recall])
+    ys = np.concatenate([[precision[0]], precision])
+    result.metrics["pr_auc"] = _finite(float(np.trapezoid(ys, xs)))
+    # Ties at the cut are flagged together or not at all, whichever share is closer to the true contamination.
+    rows = positives + negatives
+    above, at_or_above, true_above, true_at = (float(v) for v in at_cut)
+    inclusive = abs(at_or_above / rows - share) <= abs(above / rows - share) + 1e-12
+    flagged, true = (at_or_above, true_at) if inclusive else (above, true_above)
+    result.metrics["precision_at_contamination"] = true / flagged if flagged else None
     if not flagged:
         result.reasons["precision_at_contamination"] = "no row is flagged at the true contamination"
-

@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,8 @@ from pyspark.sql import functions as F
 from .artifacts import stream_csv, write_csv_rows, write_json
 from .config import Config, config_to_json
 from .detectors import FEATURES, SCORE, DetectorParamError, create_detector
-from .evaluate import METRIC_DIRECTIONS, ModelResult, draw_evaluation_sample, evaluate_models
+from .detectors._spark import score_columns, subsample, training_sample
+from .evaluate import METRIC_DIRECTIONS, EvaluationSample, ModelResult, evaluate_models, make_evaluation_sample
 from .explain import TOP_FEATURES, fit_feature_reference, top_features_expression
 from .features import LABEL, FeatureSelection, feature_summary, select_features
 from .drift import DriftSettings, compute_drift
@@ -44,13 +45,23 @@ from .sample import SAMPLE_LABEL_COLUMN, build_sample_csv
 from .session import create_spark_session
 from .scoring import activate_model, save_model
 from .search import create_configured_detectors, train_detectors
-from .selection import SELECTION_RULES, build_consensus, choose_model, trust_statement
-from .thresholds import IS_ANOMALY, choose_threshold, flag_anomalies
+from .selection import (
+    SELECTION_RULES,
+    ConsensusModel,
+    build_consensus,
+    choose_model,
+    fit_consensus,
+    members_score_locally,
+    trust_statement,
+)
+from .thresholds import IS_ANOMALY, choose_thresholds, flag_expression
 
 __all__ = ["RunResult", "run_analysis", "new_run_id", "RunFailed"]
 
 logger = logging.getLogger(__name__)
 
+# Rows of the training sample whose member scores define the consensus ranks.
+_CONSENSUS_REFERENCE_ROWS = 20_000
 _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -292,12 +303,14 @@ def _run_stages(context: _Context) -> Path:
     write_json(context.run_dir / "preprocess.json", preprocess_info)
 
     with stage(logger, "train", timings) as counts:
-        scored, results = _train_and_score(context, prepared, selection)
-        counts.update(rows=rows_scored, models=len(results))
+        seed = int(config.get("run.seed"))
+        training = training_sample(prepared, int(config.get("detection.max_train_rows")), seed)
+        sample = make_evaluation_sample(training, int(config.get("detection.eval_sample_rows")), seed, spark)
+        scored, results = _train_and_score(context, prepared, sample)
+        counts.update(rows=rows_scored, models=len(results), training_rows=len(training))
 
     with stage(logger, "evaluate", timings) as counts:
         label = LABEL if config.get("source.label_column") else None
-        sample = draw_evaluation_sample(prepared, int(config.get("detection.eval_sample_rows")), int(config.get("run.seed")))
         evaluate_models(
             scored,
             results,
@@ -313,8 +326,7 @@ def _run_stages(context: _Context) -> Path:
             list(config.get("detection.ranking_metrics")),
             float(config.get("detection.contamination")),
         )
-        sample.frame.unpersist()
-        sample.uniform.unpersist()
+        sample.unpersist()
         counts.update(rows=rows_scored, best=best.name)
     _summarise_models(context, results, best, rows_scored, rationale, trusted)
 
@@ -331,6 +343,7 @@ def _run_stages(context: _Context) -> Path:
         counts.update(rows=rows_scored, files=len(summary["artifacts"]))
     scored.unpersist()
     prepared.unpersist()
+    ingested.flat.unpersist()
     logger.info("run %s finished: %s flagged %d of %d rows; report %s", context.run_id, best.name, summary["anomalies_flagged"], rows_scored, report_path)
     return report_path
 
@@ -419,40 +432,56 @@ def _record_validation(context: _Context, validation: ValidationResult) -> None:
     raise_on_failure(validation)
 
 
-def _train_and_score(
-    context: _Context, prepared: DataFrame, selection: FeatureSelection
-) -> tuple[DataFrame, list[ModelResult]]:
+def _train_and_score(context: _Context, prepared: DataFrame, sample: EvaluationSample) -> tuple[DataFrame, list[ModelResult]]:
+    """Fit every detector, fit the consensus, score every row with all models, and flag the rows.
+
+    Models that score a matrix (every built-in and the consensus) score in
+    one ``mapInPandas`` pass; a plug-in without ``score_matrix`` adds its own
+    pass through ``transform``. The scored rows are cached once; the
+    thresholds of all models take one ``approxQuantile`` call and one
+    aggregation.
+    """
     config = context.config
     contamination = float(config.get("detection.contamination"))
     method = str(config.get("detection.threshold_method"))
-    sample = draw_evaluation_sample(prepared, int(config.get("detection.eval_sample_rows")), int(config.get("run.seed")))
     results, search = train_detectors(prepared, config, sample)
-    sample.frame.unpersist()
-    sample.uniform.unpersist()
     context.summary["search"] = search.to_dict()
+
+    members = list(config.get("detection.consensus_members"))
+    combination = str(config.get("detection.consensus_combination"))
+    local_consensus = bool(members) and members_score_locally(results, members)
+    consensus: ModelResult | None = None
+    reason: str | None = None
+    if local_consensus:
+        reference = subsample(sample.training, _CONSENSUS_REFERENCE_ROWS, int(config.get("run.seed")))
+        consensus, reason = fit_consensus(results, members, reference, None, combination)
 
     scored = prepared
     for result in results:
         assert result.model is not None
-        scored = result.model.transform(scored).withColumnRenamed(SCORE, result.score_column)
-    scored = scored.cache()
+        if not result.model.scores_locally:
+            scored = result.model.transform(scored).withColumnRenamed(SCORE, result.score_column)
+    local = [(r.score_column, r.model) for r in results if r.model is not None and r.model.scores_locally]
+    derived: list[tuple[str, Callable[[list[np.ndarray]], np.ndarray], list[str]]] = []
+    if consensus is not None and isinstance(consensus.model, ConsensusModel) and consensus.model.scores_locally:
+        derived.append((consensus.score_column, consensus.model.combine, consensus.member_columns))
+    scored = score_columns(scored, local, derived).cache()
     scored.count()
-
-    members = list(config.get("detection.consensus_members"))
-    scored, consensus, reason = build_consensus(scored, results, members)
+    if members and not local_consensus:
+        scored, consensus, reason = build_consensus(scored, results, members, combination)
     if consensus is not None:
         results.append(consensus)
     elif members:
         context.warnings.append(f"no consensus candidate: {reason}")
 
+    cuts = choose_thresholds(scored, [r.score_column for r in results], contamination, method)
     for result in results:
-        result.cut = choose_threshold(scored, result.score_column, contamination, method)
+        result.cut = cuts[result.score_column]
         result.threshold = result.cut.value
         if result.cut.warning:
             context.warnings.append(result.cut.warning)
-    for result in results:
-        scored = flag_anomalies(scored, result.score_column, result.cut, result.flag_column)
-    return scored.cache(), results
+    flags = [flag_expression(F.col(r.score_column), r.cut).alias(r.flag_column) for r in results]
+    return scored.select("*", *flags), results
 
 
 def _summarise_models(

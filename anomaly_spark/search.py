@@ -20,8 +20,17 @@ from typing import Any, Callable
 from pyspark.sql import DataFrame
 
 from .config import Config
-from .detectors import Detector, DetectorModel, DetectorParamError, create_detector
-from .evaluate import METRIC_DIRECTIONS, EvaluationSample, ModelResult, excess_mass_mass_volume, score_sample, spearman
+from .detectors import Detector, DetectorModel, DetectorParamError, create_detector, fits_locally
+from .detectors._spark import subsample
+from .evaluate import (
+    METRIC_DIRECTIONS,
+    EvaluationSample,
+    ModelResult,
+    excess_mass_mass_volume,
+    refit_for_stability,
+    score_sample,
+    spearman,
+)
 
 __all__ = ["SearchInfo", "create_configured_detectors", "train_detectors", "parameter_grid"]
 
@@ -72,17 +81,25 @@ def _refitter(name: str, params: dict[str, Any], max_train_rows: int) -> Callabl
 
 
 def _trial_metrics(
-    model: DetectorModel, refit: Callable[[DataFrame, int], DetectorModel], prepared: DataFrame, sample: EvaluationSample, seed: int, metric: str
+    trial: ModelResult, prepared: DataFrame, sample: EvaluationSample, seed: int, metric: str, max_train_rows: int
 ) -> dict[str, float | None]:
-    scores = score_sample(model, sample.frame)
+    assert trial.model is not None
+    scores = score_sample(trial.model, sample)
     metrics: dict[str, float | None] = {}
     if metric in ("excess_mass", "mass_volume"):
-        em, mv, _ = excess_mass_mass_volume(scores, score_sample(model, sample.uniform), sample.volume)
+        em, mv, _ = excess_mass_mass_volume(scores, score_sample(trial.model, sample, "uniform"), sample.volume)
         metrics.update(excess_mass=em, mass_volume=mv)
     if metric == "stability":
-        refitted = refit(prepared.sample(fraction=0.8, seed=seed + 1), seed + 1)
-        metrics["stability"] = spearman(scores, score_sample(refitted, sample.frame))
+        refitted = refit_for_stability(trial, prepared, sample, seed, max_train_rows)
+        metrics["stability"] = spearman(scores, score_sample(refitted, sample))
     return metrics
+
+
+def fit_detector(detector: Detector, prepared: DataFrame, sample: EvaluationSample, seed: int, max_train_rows: int) -> DetectorModel:
+    """Fit ``detector``: on the shared training sample when it trains on a sample and fits locally, else with ``fit``."""
+    if detector.trains_on_sample and fits_locally(detector):
+        return detector.fit_local(subsample(sample.training, detector.sample_rows(max_train_rows), seed), seed)
+    return detector.fit(prepared, seed=seed, max_train_rows=max_train_rows)
 
 
 def create_configured_detectors(config: Config) -> list[Detector]:
@@ -134,14 +151,15 @@ def train_detectors(
         for detector in detectors:
             params = detector.validated_params()
             began = time.perf_counter()
-            model = detector.fit(prepared, seed=seed, max_train_rows=max_train_rows)
-            results.append(_result(detector.name, model, params, time.perf_counter() - began, max_train_rows))
+            model = fit_detector(detector, prepared, sample, seed, max_train_rows)
+            results.append(_result(detector, model, params, time.perf_counter() - began, max_train_rows))
             logger.info("fitted %s in %.1f s", detector.name, results[-1].fit_seconds)
     info.seconds = time.perf_counter() - started
     return results, info
 
 
-def _result(name: str, model: DetectorModel, params: dict[str, Any], seconds: float, max_train_rows: int) -> ModelResult:
+def _result(detector: Detector, model: DetectorModel, params: dict[str, Any], seconds: float, max_train_rows: int) -> ModelResult:
+    name = detector.name
     return ModelResult(
         name=name,
         params=dict(model.params),
@@ -150,6 +168,7 @@ def _result(name: str, model: DetectorModel, params: dict[str, Any], seconds: fl
         model=model,
         fit_seconds=round(seconds, 3),
         refit=_refitter(name, params, max_train_rows),
+        detector=create_detector(name, dict(params)),
     )
 
 
@@ -180,11 +199,12 @@ def _search_detector(
             trials.append({"trial": index, "params": params, "status": "skipped: time budget spent", "metrics": {}, "fit_seconds": None})
             continue
         fit_began = time.perf_counter()
-        refit = _refitter(detector.name, params, max_train_rows)
+        trial_detector = create_detector(detector.name, dict(params))
         try:
-            model = refit(prepared, seed)
+            model = fit_detector(trial_detector, prepared, sample, seed, max_train_rows)
             fit_seconds = time.perf_counter() - fit_began
-            metrics = _trial_metrics(model, refit, prepared, sample, seed, metric)
+            trial = ModelResult(detector.name, params, "", "", model=model, refit=_refitter(detector.name, params, max_train_rows), detector=trial_detector)
+            metrics = _trial_metrics(trial, prepared, sample, seed, metric, max_train_rows)
         except Exception as exc:  # one failing combination must not end the search
             logger.warning("trial %d of %s with %s failed: %s", index, detector.name, params, exc)
             trials.append({"trial": index, "params": params, "status": f"failed: {type(exc).__name__}: {exc}", "metrics": {}, "fit_seconds": None})
@@ -199,7 +219,7 @@ def _search_detector(
     _, model, params, fit_seconds = best
     chosen = next(t for t in trials if t["status"] == "ok" and t["params"] == dict(model.params))
     chosen["chosen"] = True
-    result = _result(detector.name, model, params, fit_seconds, max_train_rows)
+    result = _result(detector, model, params, fit_seconds, max_train_rows)
     result.trials = trials
     logger.info("searched %s: %d trial(s) in %.1f s; chose %s", detector.name, len(trials), time.perf_counter() - began, params)
     return result

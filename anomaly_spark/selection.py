@@ -18,7 +18,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .detectors import SCORE, DetectorModel
+from .detectors import SCORE, DetectorModel, MatrixModel
 from .evaluate import METRIC_DIRECTIONS, ModelResult
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "SELECTION_RULES",
     "ConsensusModel",
     "build_consensus",
+    "fit_consensus",
+    "members_score_locally",
     "rank_models",
     "choose_model",
     "load_evidence",
@@ -35,13 +37,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONSENSUS = "consensus"
+# How the consensus joins its members' ranks.
+COMBINATIONS = ("max", "mean")
 EVIDENCE_PATH = Path(__file__).with_name("selection_evidence.json")
 # Probabilities at which each member's score distribution is stored for the rank transform.
 _CONSENSUS_QUANTILES = 1000
 
 SELECTION_RULES = {
     "consensus": (
-        "The consensus candidate (the mean empirical-CDF rank of the detectors in detection.consensus_members) is chosen "
+        "The consensus candidate (the largest or the mean empirical-CDF rank, per detection.consensus_combination, of the "
+        "detectors in detection.consensus_members) is chosen "
         "when it passes the sanity checks (finite, non-constant scores; anomaly rate above 0 and at most 0.5); otherwise "
         "the best model by detection.ranking_metrics."
     ),
@@ -53,27 +58,65 @@ SELECTION_RULES = {
 
 
 class ConsensusModel(DetectorModel):
-    """Mean of the members' empirical-CDF ranks; each rank comes from quantiles stored at fit time.
+    """Largest (``max``) or mean (``mean``) of the members' empirical-CDF ranks, from member scores stored at fit time.
 
-    Mapping each score through its own quantiles gives a per-row rank in
-    [0, 1] with built-in Spark expressions, without a sort or a
-    single-partition window, and scores new data on the same scale.
+    With ``max`` a row ranks high when any member finds it extreme, the
+    maximization combination of outlier ensembles (Aggarwal and Sathe,
+    "Theoretical foundations and algorithms for outlier ensembles", 2015).
+
+    ``cutpoints`` holds, per member, sorted scores of a reference sample (or
+    quantiles of all rows). A row's rank under a member is the share of
+    stored scores below its score, counting ties as half, so new data is
+    scored on the same scale. When every member scores a matrix, the
+    consensus does too (``score_matrix``, one ``mapInPandas`` pass);
+    otherwise ``transform`` uses built-in Spark expressions.
     """
 
-    def __init__(self, members: list[DetectorModel], cutpoints: list[list[float]]) -> None:
-        super().__init__(CONSENSUS, {"members": ", ".join(m.name for m in members)})
+    def __init__(self, members: list[DetectorModel], cutpoints: list[list[float]], combination: str = "max") -> None:
+        if combination not in COMBINATIONS:
+            raise ValueError(f"invalid consensus combination {combination!r}; allowed: {', '.join(COMBINATIONS)}")
+        super().__init__(CONSENSUS, {"members": ", ".join(m.name for m in members), "combination": combination})
         self.members = members
         self.cutpoints = cutpoints
+        self.combination = combination
+
+    @property
+    def scores_locally(self) -> bool:
+        return all(member.scores_locally for member in self.members)
+
+    def combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
+        """Combine the members' empirical-CDF ranks of their scores (one array per member, in member order)."""
+        ranks = []
+        for scores, cuts in zip(member_scores, self.cutpoints):
+            points = np.asarray(cuts, dtype=float)
+            below = np.searchsorted(points, scores, side="left")
+            at_or_below = np.searchsorted(points, scores, side="right")
+            ranks.append(np.where(np.isnan(scores), np.nan, (below + at_or_below) / (2.0 * len(points))))
+        stacked = np.vstack(ranks)
+        # NaN in any member makes the consensus NaN, so the sanity checks see it.
+        return stacked.max(axis=0) if self.combination == "max" else stacked.mean(axis=0)
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        return self.combine([member.score_matrix(x) for member in self.members])
 
     def transform(self, df: DataFrame) -> DataFrame:
+        if self.scores_locally:
+            return MatrixModel.transform(self, df)  # type: ignore[arg-type]
         columns = list(df.columns)
         scored = df
         ranks = []
         for index, (member, cuts) in enumerate(zip(self.members, self.cutpoints)):
             scored = member.transform(scored).withColumnRenamed(SCORE, f"__member{index}")
             ranks.append(_empirical_cdf(F.col(f"__member{index}"), cuts))
-        mean_rank = sum(ranks[1:], ranks[0]) / F.lit(float(len(ranks)))
-        return scored.select(*[F.col(f"`{c}`") for c in columns], mean_rank.alias(SCORE))
+        return scored.select(*[F.col(f"`{c}`") for c in columns], _combined(ranks, self.combination).alias(SCORE))
+
+
+def _combined(ranks: list[Any], combination: str) -> Any:
+    """The consensus of rank expressions; NaN in a member stays NaN, as in ``combine``."""
+    if combination == "mean":
+        return sum(ranks[1:], ranks[0]) / F.lit(float(len(ranks)))
+    nan = F.lit(float("nan"))
+    return F.when(F.exists(F.array(*ranks), lambda r: F.isnan(r)), nan).otherwise(F.greatest(*ranks))
 
 
 def _empirical_cdf(score: Any, cuts: list[float]) -> Any:
@@ -84,12 +127,28 @@ def _empirical_cdf(score: Any, cuts: list[float]) -> Any:
     return (below + at_or_below).cast("double") / F.lit(2.0 * len(cuts))
 
 
-def build_consensus(scored: DataFrame, results: list[ModelResult], members: list[str]) -> tuple[DataFrame, ModelResult | None, str | None]:
-    """Add the consensus score column for the named members that exist and have finite scores.
+def members_score_locally(results: list[ModelResult], members: list[str]) -> bool:
+    """Return True when every trained detector named in ``members`` scores a matrix."""
+    by_name = {r.name: r for r in results if r.kind == "detector"}
+    return all(by_name[n].model is not None and by_name[n].model.scores_locally for n in members if n in by_name)  # type: ignore[union-attr]
 
-    Returns the DataFrame, the consensus result (None when fewer than two
-    members qualify) and the reason when it is None. The members' quantiles
-    come from one ``approxQuantile`` pass over all member columns.
+
+def fit_consensus(
+    results: list[ModelResult],
+    members: list[str],
+    reference: np.ndarray | None,
+    scored: DataFrame | None = None,
+    combination: str = "max",
+) -> tuple[ModelResult | None, str | None]:
+    """Fit the consensus candidate of the named members that exist.
+
+    Given ``reference`` (a bounded random sample of the rows, held on the
+    driver) and members that all score a matrix, each member's ranks come
+    from its sorted scores on ``reference``. Otherwise the ranks come from
+    1000 quantiles of the members' columns in ``scored``, from one
+    ``approxQuantile`` pass.
+    Returns the result (None when fewer than two members qualify) and the
+    reason when it is None.
     """
     by_name = {r.name: r for r in results if r.kind == "detector"}
     chosen = [by_name[name] for name in members if name in by_name and by_name[name].model is not None]
@@ -98,27 +157,57 @@ def build_consensus(scored: DataFrame, results: list[ModelResult], members: list
         reason = "the consensus needs at least two of detection.consensus_members among the trained detectors"
         if missing:
             reason += f" (not trained: {', '.join(missing)})"
-        return scored, None, reason
-    probabilities = [(i + 0.5) / _CONSENSUS_QUANTILES for i in range(_CONSENSUS_QUANTILES)]
-    finite = scored
-    for result in chosen:
-        finite = finite.filter(~F.isnan(F.col(result.score_column)) & F.col(result.score_column).isNotNull())
-    cutpoints = finite.approxQuantile([r.score_column for r in chosen], probabilities, 1e-3)
-    if any(not cuts for cuts in cutpoints):
-        return scored, None, "a consensus member has no finite score"
-    model = ConsensusModel([r.model for r in chosen if r.model is not None], [list(map(float, c)) for c in cutpoints])
-    ranks = [_empirical_cdf(F.col(r.score_column), cuts) for r, cuts in zip(chosen, model.cutpoints)]
-    column = f"score__{CONSENSUS}"
-    scored = scored.withColumn(column, sum(ranks[1:], ranks[0]) / F.lit(float(len(ranks))))
+        return None, reason
+    models = [r.model for r in chosen if r.model is not None]
+    if reference is not None and all(model.scores_locally for model in models):
+        cutpoints = []
+        for model in models:
+            scores = np.asarray(model.score_matrix(reference), dtype=float)
+            scores = np.sort(scores[np.isfinite(scores)])
+            if not len(scores):
+                return None, f"consensus member {model.name} has no finite score on the reference sample"
+            cutpoints.append(scores.tolist())
+    elif scored is None:
+        return None, "a consensus member scores through Spark only, and no scored rows were given"
+    else:
+        probabilities = [(i + 0.5) / _CONSENSUS_QUANTILES for i in range(_CONSENSUS_QUANTILES)]
+        finite = scored
+        for result in chosen:
+            finite = finite.filter(~F.isnan(F.col(result.score_column)) & F.col(result.score_column).isNotNull())
+        quantiles = finite.approxQuantile([r.score_column for r in chosen], probabilities, 1e-3)
+        if any(not cuts for cuts in quantiles):
+            return None, "a consensus member has no finite score"
+        cutpoints = [list(map(float, c)) for c in quantiles]
+    model = ConsensusModel(models, cutpoints, combination)
     result = ModelResult(
         name=CONSENSUS,
         params=dict(model.params),
-        score_column=column,
+        score_column=f"score__{CONSENSUS}",
         flag_column=f"flag__{CONSENSUS}",
         kind=CONSENSUS,
         model=model,
         fit_seconds=round(sum(r.fit_seconds for r in chosen), 3),
     )
+    result.member_columns = [r.score_column for r in chosen]
+    return result, None
+
+
+def build_consensus(
+    scored: DataFrame, results: list[ModelResult], members: list[str], combination: str = "max"
+) -> tuple[DataFrame, ModelResult | None, str | None]:
+    """Add the consensus score column, computed from the members' score columns in ``scored``.
+
+    The ranks come from 1000 quantiles of the member columns (one
+    ``approxQuantile`` pass). Returns the DataFrame, the consensus result
+    (None when fewer than two members qualify) and the reason when it is None.
+    """
+    result, reason = fit_consensus(results, members, None, scored, combination)
+    if result is None:
+        return scored, None, reason
+    model = result.model
+    assert isinstance(model, ConsensusModel)
+    ranks = [_empirical_cdf(F.col(column), cuts) for column, cuts in zip(result.member_columns, model.cutpoints)]
+    scored = scored.withColumn(result.score_column, _combined(ranks, combination))
     return scored, result, None
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-__all__ = ["Threshold", "THRESHOLD_METHODS", "choose_threshold", "score_threshold", "flag_anomalies", "flag_expression", "IS_ANOMALY"]
+__all__ = ["Threshold", "THRESHOLD_METHODS", "choose_threshold", "choose_thresholds", "score_threshold", "flag_anomalies", "flag_expression", "IS_ANOMALY"]
 
 IS_ANOMALY = "is_anomaly"
 THRESHOLD_METHODS = ("contamination", "auto")
@@ -80,40 +80,71 @@ def choose_threshold(df: DataFrame, score_column: str, contamination: float, met
         The cut, its tie side and the flagged share, with a warning when ties
         or the automatic cut move the share away from ``contamination``.
     """
+    return choose_thresholds(df, [score_column], contamination, method)[score_column]
+
+
+def choose_thresholds(df: DataFrame, score_columns: list[str], contamination: float, method: str = "contamination") -> dict[str, Threshold]:
+    """Return the :func:`choose_threshold` result of every column in ``score_columns``.
+
+    All columns share the Spark jobs: one ``approxQuantile`` call (two for
+    ``auto``) and one aggregation that counts the rows at and above each cut.
+    """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"invalid threshold method {method!r}; allowed: {', '.join(THRESHOLD_METHODS)}")
-    score = F.col(f"`{score_column}`")
-    finite = df.filter(_finite(score))
+    if not score_columns:
+        return {}
+    aliases = [f"__q{i}" for i in range(len(score_columns))]
+    # approxQuantile ignores nulls; NaN becomes null so that it is ignored too.
+    finite = df.select(*[F.when(_finite(F.col(f"`{c}`")), F.col(f"`{c}`")).alias(a) for c, a in zip(score_columns, aliases)])
+    values: dict[str, float | None] = {}
+    target: float | None
     if method == "contamination":
-        quantiles = finite.approxQuantile(score_column, [1.0 - contamination], _QUANTILE_ERROR)
-        if not quantiles or quantiles[0] is None or not math.isfinite(quantiles[0]):
-            return Threshold(None, False, method, contamination, 0.0, f"{score_column} has no finite score, so no row is flagged")
-        value = float(quantiles[0])
-        target: float | None = contamination
+        quantiles = finite.approxQuantile(aliases, [1.0 - contamination], _QUANTILE_ERROR)
+        for column, found in zip(score_columns, quantiles):
+            values[column] = float(found[0]) if found and found[0] is not None and math.isfinite(found[0]) else None
+        target = contamination
     else:
-        quartiles = finite.approxQuantile(score_column, [0.5], _QUANTILE_ERROR)
-        if not quartiles:
-            return Threshold(None, False, method, None, 0.0, f"{score_column} has no finite score, so no row is flagged")
-        median = float(quartiles[0])
-        mad_values = finite.select(F.abs(score - F.lit(median)).alias("d")).approxQuantile("d", [0.5], _QUANTILE_ERROR)
-        mad = float(mad_values[0]) if mad_values else 0.0
-        value = median + _AUTO_Z * 1.4826 * mad
+        medians = finite.approxQuantile(aliases, [0.5], _QUANTILE_ERROR)
+        centre = {a: float(m[0]) if m else None for a, m in zip(aliases, medians)}
+        deviations = finite.select(*[F.abs(F.col(a) - F.lit(centre[a])).alias(a) for a in aliases if centre[a] is not None])
+        present = [a for a in aliases if centre[a] is not None]
+        mads = dict(zip(present, deviations.approxQuantile(present, [0.5], _QUANTILE_ERROR))) if present else {}
+        for column, alias in zip(score_columns, aliases):
+            median = centre[alias]
+            mad = float(mads[alias][0]) if mads.get(alias) else 0.0
+            values[column] = None if median is None else median + _AUTO_Z * 1.4826 * mad
         target = None
 
-    counts = df.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum((score > F.lit(value)).cast("long")).alias("above"),
-        F.sum((score >= F.lit(value)).cast("long")).alias("at_or_above"),
-    ).first()
+    counts_columns = [F.count(F.lit(1)).alias("rows")]
+    for index, column in enumerate(score_columns):
+        value = values[column]
+        if value is None:
+            continue
+        score = F.col(f"`{column}`")
+        counts_columns += [
+            F.sum((score > F.lit(value)).cast("long")).alias(f"above{index}"),
+            F.sum((score >= F.lit(value)).cast("long")).alias(f"at{index}"),
+        ]
+    counts = df.agg(*counts_columns).first()
     assert counts is not None
     rows = int(counts["rows"] or 0)
-    if rows == 0:
-        return Threshold(value, False, method, target, None, "no rows to flag")
-    above = int(counts["above"] or 0) / rows
-    at_or_above = int(counts["at_or_above"] or 0) / rows
+    cuts: dict[str, Threshold] = {}
+    for index, column in enumerate(score_columns):
+        value = values[column]
+        if value is None:
+            cuts[column] = Threshold(None, False, method, target, 0.0, f"{column} has no finite score, so no row is flagged")
+        elif rows == 0:
+            cuts[column] = Threshold(value, False, method, target, None, "no rows to flag")
+        else:
+            cuts[column] = _resolve_ties(column, value, method, target, rows, int(counts[f"above{index}"] or 0), int(counts[f"at{index}"] or 0))
+    return cuts
+
+
+def _resolve_ties(column: str, value: float, method: str, target: float | None, rows: int, above_count: int, at_count: int) -> Threshold:
+    above = above_count / rows
+    at_or_above = at_count / rows
     if target is None:
         return Threshold(value, False, method, None, above, None)
-
     # On equal distance the tied rows are flagged, so a tie block at the top does not leave the model with no flags.
     inclusive = abs(at_or_above - target) <= abs(above - target) + 1e-12 and at_or_above <= 0.5
     share = at_or_above if inclusive else above
@@ -121,7 +152,7 @@ def choose_threshold(df: DataFrame, score_column: str, contamination: float, met
     if abs(share - target) > max(_SHARE_TOLERANCE * target, 1.0 / rows):
         tied = at_or_above - above
         warning = (
-            f"{score_column}: {100 * tied:.1f}% of rows share the threshold score {value:.6g}, so the flagged share is "
+            f"{column}: {100 * tied:.1f}% of rows share the threshold score {value:.6g}, so the flagged share is "
             f"{100 * share:.2f}% instead of the {100 * target:.2f}% set by detection.contamination; "
             "ties are flagged together or not at all"
         )

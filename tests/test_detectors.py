@@ -147,6 +147,26 @@ def test_detector_scores_every_row(name: str, wbc: tuple[Any, np.ndarray], fitte
     assert scores[SCORE].nunique() > 1
 
 
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_score_matrix_equals_spark_scores(
+    name: str, wbc: tuple[Any, np.ndarray], fitted: dict[str, tuple[DetectorModel, pd.DataFrame]]
+) -> None:
+    df, _ = wbc
+    model, scores = fitted[name]
+    matrix = np.vstack([row[FEATURES].toArray() for row in df.orderBy("row").select(FEATURES).collect()])
+    assert model.scores_locally
+    assert np.allclose(model.score_matrix(matrix), scores[SCORE].to_numpy(dtype=float), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_detector_local_fit_ranks_outliers(name: str, wbc: tuple[Any, np.ndarray]) -> None:
+    df, labels = wbc
+    matrix = np.vstack([row[FEATURES].toArray() for row in df.orderBy("row").select(FEATURES).collect()])
+    model = create_detector(name).fit_local(matrix, seed=7)
+    auc = roc_auc_score(labels, model.score_matrix(matrix))
+    assert auc > 0.6, f"{name}: ROC-AUC {auc:.3f} from the local fit"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN_NAMES)
 def test_detector_ranks_outliers_higher(name: str, wbc: tuple[Any, np.ndarray], fitted: dict[str, tuple[DetectorModel, pd.DataFrame]]) -> None:

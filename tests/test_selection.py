@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -28,6 +29,7 @@ from anomaly_spark.selection import (
     EVIDENCE_PATH,
     build_consensus,
     choose_model,
+    fit_consensus,
     load_evidence,
     rank_models,
     trust_statement,
@@ -108,6 +110,22 @@ def test_evaluate_silhouette_null_with_one_group(points: Any) -> None:
     assert "silhouette" not in two.reasons
 
 
+def test_evaluate_silhouettes_equal_spark_clustering_evaluator(points: Any) -> None:
+    radius, split, singleton = _result("radius"), _result("split"), _result("singleton")
+    split.score_column = singleton.score_column = "score__radius"
+    df = _flag(points, radius)
+    # Groups of very different shapes, and one group holding a single row (its coefficient is 0 in Spark).
+    df = df.withColumn(split.flag_column, (F.col("row") % 3 == 0).cast("int"))
+    df = df.withColumn(singleton.flag_column, (F.col("row") == 7).cast("int"))
+    results = [radius, split, singleton]
+    evaluate_models(df, results, None, 0.05)
+    for result in results:
+        evaluator = ClusteringEvaluator(
+            featuresCol=FEATURES, predictionCol=result.flag_column, metricName="silhouette", distanceMeasure="squaredEuclidean"
+        )
+        assert result.metrics["silhouette"] == pytest.approx(evaluator.evaluate(df), abs=1e-9), result.name
+
+
 def test_evaluate_label_metrics_match_sklearn(points: Any) -> None:
     radius = _result("radius")
     df = _flag(points, radius)
@@ -142,24 +160,43 @@ def _members(points: Any) -> tuple[Any, list[ModelResult]]:
     return df.cache(), results
 
 
-def test_consensus_mean_rank_of_members(points: Any) -> None:
+@pytest.mark.parametrize("combination", ["max", "mean"])
+def test_consensus_combines_member_ranks(points: Any, combination: str) -> None:
     df, results = _members(points)
-    scored, consensus, reason = build_consensus(df, results, ["kmeans_distance", "robust_covariance"])
+    scored, consensus, reason = build_consensus(df, results, ["kmeans_distance", "robust_covariance"], combination)
     assert reason is None
     assert consensus is not None
     assert consensus.kind == CONSENSUS
     assert consensus.params["members"] == "kmeans_distance, robust_covariance"
+    assert consensus.params["combination"] == combination
     frame = scored.select("row", "label", "score__kmeans_distance", "score__robust_covariance", consensus.score_column).toPandas()
     values = frame[consensus.score_column].to_numpy()
     assert np.all((values >= 0.0) & (values <= 1.0))
-    ranks = (frame["score__kmeans_distance"].rank(pct=True) + frame["score__robust_covariance"].rank(pct=True)) / 2
-    assert np.max(np.abs(ranks.to_numpy() - values)) < 0.01
+    member_ranks = np.vstack([frame["score__kmeans_distance"].rank(pct=True), frame["score__robust_covariance"].rank(pct=True)])
+    expected = member_ranks.max(axis=0) if combination == "max" else member_ranks.mean(axis=0)
+    assert np.max(np.abs(expected - values)) < 0.01
     assert roc_auc_score(frame["label"], values) > 0.95
 
-    # The saved consensus model scores new rows on the same scale as the run's column.
+    # The saved consensus model scores new rows on the same scale as the run's column, on Spark and on the driver.
     assert consensus.model is not None
-    again = consensus.model.transform(points).select("row", SCORE).toPandas().sort_values("row")
+    again = consensus.model.transform(points).select("row", FEATURES, SCORE).toPandas().sort_values("row")
     assert np.allclose(again[SCORE].to_numpy(), frame.sort_values("row")[consensus.score_column].to_numpy(), atol=1e-12)
+    matrix = np.vstack([v.toArray() for v in again[FEATURES]])
+    assert np.allclose(consensus.model.score_matrix(matrix), again[SCORE].to_numpy(), atol=1e-12)
+
+
+def test_consensus_from_reference_sample_matches_quantile_ranks(points: Any) -> None:
+    df, results = _members(points)
+    scored, from_quantiles, _ = build_consensus(df, results, ["kmeans_distance", "robust_covariance"])
+    rows = scored.orderBy("row").select(FEATURES, from_quantiles.score_column if from_quantiles else "row").toPandas()
+    matrix = np.vstack([v.toArray() for v in rows[FEATURES]])
+    from_sample, reason = fit_consensus(results, ["kmeans_distance", "robust_covariance"], matrix)
+    assert reason is None
+    assert from_sample is not None and from_quantiles is not None
+    assert from_sample.model is not None and from_sample.model.scores_locally
+    # Sorted scores of all 400 rows and 1000 quantiles of the same rows give nearly the same ranks.
+    difference = np.abs(from_sample.model.score_matrix(matrix) - rows[from_quantiles.score_column].to_numpy())
+    assert difference.max() < 0.01
 
 
 def test_consensus_needs_two_members(points: Any) -> None:
@@ -183,8 +220,7 @@ def candidates(points: Any) -> tuple[list[ModelResult], ModelResult]:
         scored = _flag(scored, result)
     sample = draw_evaluation_sample(scored, 200, seed=1)
     evaluate_models(scored, candidates, "label", 0.05, sample, seed=1)
-    sample.frame.unpersist()
-    sample.uniform.unpersist()
+    sample.unpersist()
     return candidates, consensus
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
-from .base import FEATURES, MODEL_FILE, SCORE, Detector, DetectorModel, DetectorParamError, ParamSpec
+from .base import FEATURES, MODEL_FILE, SCORE, Detector, DetectorModel, DetectorParamError, MatrixModel, ParamSpec, fits_locally
 from .builtin import BUILTIN_DETECTORS
 
 __all__ = [
     "Detector",
     "DetectorModel",
+    "MatrixModel",
     "DetectorParamError",
+    "fits_locally",
     "ParamSpec",
     "FEATURES",
     "SCORE",

@@ -13,9 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
 from pyspark.sql import DataFrame
 
-__all__ = ["ParamSpec", "Detector", "DetectorModel", "DetectorParamError", "SCORE", "FEATURES", "MODEL_FILE"]
+__all__ = [
+    "ParamSpec",
+    "Detector",
+    "DetectorModel",
+    "MatrixModel",
+    "DetectorParamError",
+    "SCORE",
+    "FEATURES",
+    "MODEL_FILE",
+    "fits_locally",
+]
 
 SCORE = "anomaly_score"
 # Column with the scaled feature vector that detectors read.
@@ -97,6 +108,25 @@ class Detector(ABC):
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> "DetectorModel":
         """Fit on the ``features`` vector column of ``df`` and return the fitted model."""
 
+    def fit_local(self, x: np.ndarray, seed: int) -> "DetectorModel":
+        """Fit on a matrix held on the driver (optional).
+
+        The pipeline uses it for stability refits on the training sample and
+        for the complex-mode trials of detectors that train on a sample;
+        ``sample_rows`` says how many rows such a detector wants. Detectors
+        without it are refitted with :meth:`fit` on Spark.
+        """
+        raise NotImplementedError(f"detector {self.name!r} has no local fit")
+
+    def sample_rows(self, max_train_rows: int) -> int:
+        """Return the number of training-sample rows :meth:`fit_local` uses when this detector trains on a sample."""
+        return max_train_rows
+
+
+def fits_locally(detector: Detector) -> bool:
+    """Return True when ``detector`` overrides :meth:`Detector.fit_local`."""
+    return type(detector).fit_local is not Detector.fit_local
+
 
 class DetectorModel(ABC):
     """A fitted detector. ``transform`` appends ``anomaly_score`` and keeps every input row and column."""
@@ -108,6 +138,15 @@ class DetectorModel(ABC):
     @abstractmethod
     def transform(self, df: DataFrame) -> DataFrame:
         """Return ``df`` with an ``anomaly_score`` column (higher = more anomalous)."""
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Return the scores of the rows of ``x`` (optional; see :class:`MatrixModel`)."""
+        raise NotImplementedError(f"model {self.name!r} scores through transform only")
+
+    @property
+    def scores_locally(self) -> bool:
+        """True when the model scores a numpy matrix with :meth:`score_matrix`."""
+        return type(self).score_matrix is not DetectorModel.score_matrix
 
     def __getstate__(self) -> dict[str, Any]:
         # Spark handles (broadcasts, sessions) cannot be pickled; subclasses keep them
@@ -156,3 +195,23 @@ class DetectorModel(ABC):
         if not isinstance(model, DetectorModel):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a fitted detector model")
         return model
+
+
+class MatrixModel(DetectorModel):
+    """A model whose scores are a function of the feature matrix alone.
+
+    Subclasses implement :meth:`score_matrix`. ``transform`` broadcasts the
+    model once per SparkContext and applies it to each Arrow batch with
+    ``mapInPandas``; the pipeline scores many such models in one pass, and
+    scores evaluation samples on the driver without a Spark job.
+    """
+
+    @abstractmethod
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Return one score per row of ``x`` (rows by features), higher = more anomalous."""
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        from ._spark import score_vectors
+
+        broadcast = self._broadcast(df, self)
+        return score_vectors(df, lambda x: broadcast.value.score_matrix(x))

@@ -1,26 +1,32 @@
 """Built-in detectors. Each trains on Spark or on a bounded sample and scores every row on the executors.
 
-Clustering detectors (KMeans, bisecting KMeans, Gaussian mixture) train with
-Spark ML. Isolation Forest, robust covariance and kNN train on a bounded
-sample with scikit-learn or numpy and score with ``mapInPandas``. The
-empirical-tail detector builds its per-column distributions from
-distributed quantiles.
+KMeans and bisecting KMeans train with Spark ML on every row. The Gaussian
+mixture, Isolation Forest, robust covariance and kNN train on a bounded
+sample with scikit-learn or numpy. The empirical-tail detector builds its
+per-column distributions from distributed quantiles. Every fitted model
+scores a feature matrix with numpy, so the pipeline scores all of them in
+one ``mapInPandas`` pass over the rows.
+
+Each detector also fits on a matrix held on the driver (``fit_local``):
+the sample-trained detectors fit that way, and the stability metric refits
+every detector on a subsample of the training sample, using scikit-learn's
+KMeans and BisectingKMeans for the two Spark-trained clustering detectors.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
+from pyspark.ml.clustering import BisectingKMeans, KMeans
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ._spark import bounded_rows, score_vectors, squared_distance, training_sample
-from .base import FEATURES, SCORE, Detector, DetectorModel, ParamSpec
+from ._spark import score_vectors, training_sample
+from .base import FEATURES, Detector, DetectorModel, MatrixModel, ParamSpec
 
 __all__ = [
     "KMeansDistance",
@@ -61,6 +67,14 @@ class KMeansDistance(Detector):
         centres = [list(map(float, c)) for c in model.clusterCenters()]
         return CentroidDistanceModel(self.name, params, centres)
 
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Fit scikit-learn's KMeans (k-means++ start) on a driver-held matrix."""
+        from sklearn.cluster import KMeans as LocalKMeans
+
+        params = self.validated_params()
+        model = LocalKMeans(n_clusters=min(params["k"], len(x)), max_iter=params["max_iter"], n_init=1, random_state=seed).fit(x)
+        return CentroidDistanceModel(self.name, params, model.cluster_centers_.tolist())
+
 
 class BisectingKMeansDistance(Detector):
     """Distance from each row to its nearest bisecting-KMeans centroid (Spark ML BisectingKMeans)."""
@@ -87,45 +101,70 @@ class BisectingKMeansDistance(Detector):
         centres = [list(map(float, c)) for c in model.clusterCenters()]
         return CentroidDistanceModel(self.name, params, centres)
 
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Fit scikit-learn's BisectingKMeans on a driver-held matrix."""
+        from sklearn.cluster import BisectingKMeans as LocalBisectingKMeans
 
-class CentroidDistanceModel(DetectorModel):
-    """Euclidean distance to the nearest of fixed centroids, computed with built-in Spark expressions."""
+        params = self.validated_params()
+        model = LocalBisectingKMeans(n_clusters=min(params["k"], len(x)), max_iter=params["max_iter"], random_state=seed).fit(x)
+        return CentroidDistanceModel(self.name, params, model.cluster_centers_.tolist())
+
+
+class CentroidDistanceModel(MatrixModel):
+    """Euclidean distance to the nearest of fixed centroids."""
 
     def __init__(self, name: str, params: dict[str, Any], centres: list[list[float]]) -> None:
         super().__init__(name, params)
         self.centres = centres
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        vector = vector_to_array(F.col(FEATURES))
-        distances = [squared_distance(vector, centre) for centre in self.centres]
-        nearest = F.least(*distances) if len(distances) > 1 else distances[0]
-        return df.withColumn(SCORE, F.sqrt(nearest))
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        centres = np.asarray(self.centres, dtype=float)
+        squared = np.einsum("ij,ij->i", x, x)[:, None] + np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * x @ centres.T
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
 
 class GaussianMixtureNLL(Detector):
-    """Negative log-likelihood under a Gaussian mixture fitted with Spark ML."""
+    """Negative log-likelihood under a Gaussian mixture fitted with scikit-learn on a bounded sample."""
 
     name = "gaussian_mixture"
     params_spec = {
         # Spark's GaussianMixture requires k > 1.
         "k": ParamSpec(int, 4, 2, 100, doc="number of mixture components", grid=(2, 4, 8)),
         "max_iter": ParamSpec(int, 100, 1, 10_000, doc="maximum EM iterations"),
+        "covariance": ParamSpec(
+            str, "auto", choices=("auto", "full", "diag"), doc="full or diagonal covariances; auto: full when every component has 10 rows per feature"
+        ),
     }
     trains_on_sample = True
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Fit Spark's GaussianMixture on up to ``max_train_rows`` rows."""
+        """Fit on a random sample of up to ``max_train_rows`` rows."""
+        self.validated_params()
+        return self.fit_local(training_sample(df, max_train_rows, seed), seed)
+
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Fit scikit-learn's GaussianMixture (full covariances, KMeans start) on a driver-held matrix."""
+        from sklearn.mixture import GaussianMixture
+
         params = self.validated_params()
-        train = bounded_rows(df, max_train_rows, seed)
-        model = GaussianMixture(k=params["k"], maxIter=params["max_iter"], seed=seed, featuresCol=FEATURES, tol=1e-4).fit(train)
-        weights = np.asarray(model.weights, dtype=float)
-        gaussians = model.gaussiansDF.collect()
-        means = np.array([np.asarray(row["mean"].toArray()) for row in gaussians])
-        covariances = np.array([np.asarray(row["cov"].toArray()) for row in gaussians])
-        return GaussianMixtureModel(self.name, params, weights, means, covariances)
+        if len(x) < 2:
+            raise ValueError(f"gaussian_mixture needs at least 2 rows to fit, got {len(x)}")
+        components = min(params["k"], len(x))
+        covariance = params["covariance"]
+        if covariance == "auto":
+            # Full covariances on too few rows per component overfit into useless densities.
+            covariance = "full" if len(x) >= 10 * components * x.shape[1] else "diag"
+        with warnings.catch_warnings():
+            # A mixture that stops at max_iter is still usable; the score only needs a density.
+            warnings.simplefilter("ignore")
+            model = GaussianMixture(
+                n_components=components, covariance_type=covariance, max_iter=params["max_iter"], tol=1e-4, reg_covar=1e-6, random_state=seed
+            ).fit(x)
+        covariances = model.covariances_ if covariance == "full" else np.array([np.diag(v) for v in model.covariances_])
+        return GaussianMixtureModel(self.name, {**params, "fitted_with": covariance}, model.weights_, model.means_, covariances)
 
 
-class GaussianMixtureModel(DetectorModel):
+class GaussianMixtureModel(MatrixModel):
     """Mixture log-density evaluated per Arrow batch; the score is its negative."""
 
     def __init__(
@@ -145,20 +184,14 @@ class GaussianMixtureModel(DetectorModel):
             log_det = 2.0 * float(np.sum(np.log(np.diag(chol))))
             self.log_norms.append(-0.5 * (dims * np.log(2 * np.pi) + log_det))
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        log_weights, means = self.log_weights, self.means
-        factors, norms = self.precision_factors, self.log_norms
-
-        def negative_log_likelihood(x: np.ndarray) -> np.ndarray:
-            parts = []
-            for j in range(len(means)):
-                solved = (x - means[j]) @ factors[j].T
-                parts.append(log_weights[j] + norms[j] - 0.5 * np.sum(solved * solved, axis=1))
-            stacked = np.vstack(parts)
-            top = stacked.max(axis=0)
-            return -(top + np.log(np.exp(stacked - top).sum(axis=0)))
-
-        return score_vectors(df, negative_log_likelihood)
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        parts = []
+        for j in range(len(self.means)):
+            solved = (x - self.means[j]) @ self.precision_factors[j].T
+            parts.append(self.log_weights[j] + self.log_norms[j] - 0.5 * np.sum(solved * solved, axis=1))
+        stacked = np.vstack(parts)
+        top = stacked.max(axis=0)
+        return -(top + np.log(np.exp(stacked - top).sum(axis=0)))
 
 
 class IsolationForestDetector(Detector):
@@ -179,10 +212,14 @@ class IsolationForestDetector(Detector):
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
         """Fit scikit-learn's IsolationForest on a sample of up to ``max_train_rows`` rows."""
+        self.validated_params()
+        return self.fit_local(training_sample(df, max_train_rows, seed), seed)
+
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Fit scikit-learn's IsolationForest on a driver-held matrix."""
         from sklearn.ensemble import IsolationForest
 
         params = self.validated_params()
-        x = training_sample(df, max_train_rows, seed)
         forest = IsolationForest(
             n_estimators=params["n_estimators"],
             max_samples=min(params["max_samples"], len(x)),
@@ -193,29 +230,25 @@ class IsolationForestDetector(Detector):
         return SklearnScoreModel(self.name, params, forest)
 
 
-class SklearnScoreModel(DetectorModel):
-    """A scikit-learn estimator with ``score_samples`` (higher = more normal), broadcast once per session."""
+class SklearnScoreModel(MatrixModel):
+    """A scikit-learn estimator with ``score_samples`` (higher = more normal)."""
 
     def __init__(self, name: str, params: dict[str, Any], estimator: Any) -> None:
         super().__init__(name, params)
         self.estimator = estimator
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        broadcast = self._broadcast(df, self.estimator)
-
-        def negated_score(x: np.ndarray) -> np.ndarray:
-            # score_samples is higher for normal rows; negate so higher means more anomalous.
-            return -broadcast.value.score_samples(x)
-
-        return score_vectors(df, negated_score)
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        # score_samples is higher for normal rows; negate so higher means more anomalous.
+        return -np.asarray(self.estimator.score_samples(x), dtype=float)
 
 
 class EmpiricalTails(Detector):
     """Empirical tail probabilities per feature, summed over features, in the manner of ECOD.
 
-    Each feature's distribution comes from ``percentile_approx`` at
-    ``quantiles`` probabilities, computed for all features in one
-    aggregation together with their skewness. A row's score is the larger of
+    Each feature's distribution comes from Spark's ``approxQuantile`` at
+    ``quantiles`` probabilities (relative rank error ``1 / accuracy``),
+    computed for all features in one call; skewness comes from one more
+    aggregation. A row's score is the larger of
     the summed left-tail, right-tail and skewness-chosen-tail values of
     ``-log(tail probability)`` (Li et al., ECOD, IEEE TKDE 2022).
     """
@@ -223,28 +256,38 @@ class EmpiricalTails(Detector):
     name = "empirical_tails"
     params_spec = {
         "quantiles": ParamSpec(int, 256, 16, 10_000, doc="probabilities at which each feature's distribution is stored", grid=(64, 256, 1024)),
-        "accuracy": ParamSpec(int, 10_000, 100, 1_000_000, doc="percentile_approx accuracy (relative error 1/accuracy)"),
+        "accuracy": ParamSpec(int, 1000, 100, 1_000_000, doc="quantile accuracy (relative rank error 1/accuracy)"),
     }
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Compute the per-feature quantiles, skewness and row count in one Spark aggregation."""
+        """Compute the per-feature quantiles with one ``approxQuantile`` call, then skewness and row count in one aggregation."""
         params = self.validated_params()
         dims = _feature_count(df)
         count = params["quantiles"]
         probabilities = [(i + 0.5) / count for i in range(count)]
-        values = vector_to_array(F.col(FEATURES))
-        aggregates = [F.count(F.lit(1)).alias("rows")]
-        for j in range(dims):
-            aggregates.append(F.percentile_approx(values[j], probabilities, params["accuracy"]).alias(f"q{j}"))
-            aggregates.append(F.skewness(values[j]).alias(f"s{j}"))
-        stats = df.agg(*aggregates).first()
+        columns = [f"__f{j}" for j in range(dims)]
+        values = df.select(vector_to_array(F.col(FEATURES)).alias("__x")).select(*[F.col("__x")[j].alias(c) for j, c in enumerate(columns)])
+        quantiles = values.approxQuantile(columns, probabilities, 1.0 / params["accuracy"])
+        stats = values.agg(F.count(F.lit(1)).alias("rows"), *[F.skewness(c).alias(c) for c in columns]).first()
         assert stats is not None
-        cutpoints = np.array([stats[f"q{j}"] for j in range(dims)], dtype=float)
-        skewness = np.array([0.0 if stats[f"s{j}"] is None else float(stats[f"s{j}"]) for j in range(dims)])
+        cutpoints = np.array(quantiles, dtype=float)
+        skewness = np.array([0.0 if stats[c] is None else float(stats[c]) for c in columns])
         return EmpiricalTailsModel(self.name, params, cutpoints, np.array(probabilities), np.nan_to_num(skewness), int(stats["rows"]))
 
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Compute the same per-feature quantiles and skewness with numpy on a driver-held matrix."""
+        params = self.validated_params()
+        count = params["quantiles"]
+        probabilities = np.array([(i + 0.5) / count for i in range(count)])
+        cutpoints = np.quantile(x, probabilities, axis=0, method="inverted_cdf").T
+        centred = x - x.mean(axis=0)
+        spread = np.sqrt(np.mean(centred**2, axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            skewness = np.mean(centred**3, axis=0) / spread**3
+        return EmpiricalTailsModel(self.name, params, cutpoints, probabilities, np.nan_to_num(skewness), len(x))
 
-class EmpiricalTailsModel(DetectorModel):
+
+class EmpiricalTailsModel(MatrixModel):
     """ECOD-style score from stored per-feature quantiles, evaluated per Arrow batch."""
 
     def __init__(
@@ -256,21 +299,16 @@ class EmpiricalTailsModel(DetectorModel):
         self.skewness = skewness
         self.floor = 1.0 / (2.0 * max(rows, 1))
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        cutpoints, probabilities, skewness, floor = self.cutpoints, self.probabilities, self.skewness, self.floor
-
-        def tails(x: np.ndarray) -> np.ndarray:
-            left = np.empty_like(x)
-            right = np.empty_like(x)
-            for j in range(x.shape[1]):
-                # Midpoint of P(X < x) and P(X <= x): ties share one probability from either side.
-                below = np.interp(x[:, j], cutpoints[j], probabilities, left=0.0, right=1.0)
-                left[:, j] = -np.log(np.clip(below, floor, 1.0))
-                right[:, j] = -np.log(np.clip(1.0 - below, floor, 1.0))
-            chosen = np.where(skewness < 0, left, right)
-            return np.maximum(np.maximum(left.sum(axis=1), right.sum(axis=1)), chosen.sum(axis=1))
-
-        return score_vectors(df, tails)
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        left = np.empty_like(x)
+        right = np.empty_like(x)
+        for j in range(x.shape[1]):
+            # Midpoint of P(X < x) and P(X <= x): ties share one probability from either side.
+            below = np.interp(x[:, j], self.cutpoints[j], self.probabilities, left=0.0, right=1.0)
+            left[:, j] = -np.log(np.clip(below, self.floor, 1.0))
+            right[:, j] = -np.log(np.clip(1.0 - below, self.floor, 1.0))
+        chosen = np.where(self.skewness < 0, left, right)
+        return np.maximum(np.maximum(left.sum(axis=1), right.sum(axis=1)), chosen.sum(axis=1))
 
 
 def concentration_steps(x: np.ndarray, support_fraction: float, max_steps: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -328,12 +366,18 @@ class RobustCovariance(Detector):
     }
     trains_on_sample = True
 
+    def sample_rows(self, max_train_rows: int) -> int:
+        return min(int(self.validated_params()["sample_rows"]), max_train_rows)
+
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
         """Fit the robust covariance on up to ``min(sample_rows, max_train_rows)`` rows."""
+        return self.fit_local(training_sample(df, self.sample_rows(max_train_rows), seed), seed)
+
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Fit the robust covariance on a driver-held matrix."""
         from sklearn.covariance import MinCovDet
 
         params = self.validated_params()
-        x = training_sample(df, min(params["sample_rows"], max_train_rows), seed)
         rows, dims = x.shape
         if rows < 2:
             raise ValueError(f"robust_covariance needs at least 2 rows to fit, got {rows}")
@@ -354,7 +398,7 @@ class RobustCovariance(Detector):
         return MahalanobisModel(self.name, {**params, "fitted_with": method}, location, precision)
 
 
-class MahalanobisModel(DetectorModel):
+class MahalanobisModel(MatrixModel):
     """Mahalanobis distance to a fixed location under a fixed precision matrix."""
 
     def __init__(self, name: str, params: dict[str, Any], location: np.ndarray, precision: np.ndarray) -> None:
@@ -362,14 +406,9 @@ class MahalanobisModel(DetectorModel):
         self.location = location
         self.precision = precision
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        location, precision = self.location, self.precision
-
-        def distance(x: np.ndarray) -> np.ndarray:
-            centred = x - location
-            return np.sqrt(np.maximum(np.sum((centred @ precision) * centred, axis=1), 0.0))
-
-        return score_vectors(df, distance)
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        centred = x - self.location
+        return np.sqrt(np.maximum(np.sum((centred @ self.precision) * centred, axis=1), 0.0))
 
 
 class KNearestNeighbours(Detector):
@@ -387,42 +426,44 @@ class KNearestNeighbours(Detector):
     }
     trains_on_sample = True
 
+    def sample_rows(self, max_train_rows: int) -> int:
+        return min(int(self.validated_params()["reference_rows"]), max_train_rows)
+
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
         """Collect a reference sample of up to ``min(reference_rows, max_train_rows)`` rows."""
+        return self.fit_local(training_sample(df, self.sample_rows(max_train_rows), seed), seed)
+
+    def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
+        """Keep the rows of a driver-held matrix as the reference sample."""
         params = self.validated_params()
-        reference = training_sample(df, min(params["reference_rows"], max_train_rows), seed)
+        reference = x
         if len(reference) < 2:
             raise ValueError(f"knn_distance needs at least 2 rows to fit, got {len(reference)}")
         return NeighbourDistanceModel(self.name, params, reference)
 
 
-class NeighbourDistanceModel(DetectorModel):
+class NeighbourDistanceModel(MatrixModel):
     """Mean distance to the nearest reference rows, computed per Arrow batch in blocks."""
 
     def __init__(self, name: str, params: dict[str, Any], reference: np.ndarray) -> None:
         super().__init__(name, params)
         self.reference = reference
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        broadcast = self._broadcast(df, self.reference)
-        k = min(int(self.params["k"]), len(self.reference) - 1)
-
-        def mean_distance(x: np.ndarray) -> np.ndarray:
-            reference = cast(np.ndarray, broadcast.value)
-            reference_norms = np.einsum("ij,ij->i", reference, reference)
-            scores = np.empty(len(x))
-            for start in range(0, len(x), 512):
-                block = x[start : start + 512]
-                squared = np.einsum("ij,ij->i", block, block)[:, None] + reference_norms[None, :] - 2.0 * block @ reference.T
-                nearest = np.sqrt(np.maximum(np.partition(squared, k, axis=1)[:, : k + 1], 0.0))
-                nearest.sort(axis=1)
-                # A row that is itself in the reference (or has an exact copy there) meets one
-                # zero distance; dropping one zero treats such rows and their copies alike.
-                has_zero = nearest[:, 0] <= 1e-12
-                scores[start : start + 512] = np.where(has_zero, nearest[:, 1 : k + 1].mean(axis=1), nearest[:, :k].mean(axis=1))
-            return scores
-
-        return score_vectors(df, mean_distance)
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        reference = self.reference
+        k = min(int(self.params["k"]), len(reference) - 1)
+        reference_norms = np.einsum("ij,ij->i", reference, reference)
+        scores = np.empty(len(x))
+        for start in range(0, len(x), 512):
+            block = x[start : start + 512]
+            squared = np.einsum("ij,ij->i", block, block)[:, None] + reference_norms[None, :] - 2.0 * block @ reference.T
+            nearest = np.sqrt(np.maximum(np.partition(squared, k, axis=1)[:, : k + 1], 0.0))
+            nearest.sort(axis=1)
+            # A row that is itself in the reference (or has an exact copy there) meets one
+            # zero distance; dropping one zero treats such rows and their copies alike.
+            has_zero = nearest[:, 0] <= 1e-12
+            scores[start : start + 512] = np.where(has_zero, nearest[:, 1 : k + 1].mean(axis=1), nearest[:, :k].mean(axis=1))
+        return scores
 
 
 BUILTIN_DETECTORS: tuple[type[Detector], ...] = (

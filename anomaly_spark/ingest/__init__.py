@@ -377,6 +377,11 @@ def _align_to_table(flat: DataFrame, table_types: dict[str, T.DataType], flat_pa
 
 
 def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: list[str]) -> DataFrame:
-    """Read one run's flattened rows back from the flat Delta table, with this run's columns only."""
+    """Read one run's flattened rows back from the flat Delta table, with this run's columns only.
+
+    The result is marked for caching (memory, spilling to disk), so the
+    stages after ingestion read the Delta table once; the caller's first
+    action fills the cache, and ``unpersist`` releases it.
+    """
     table = spark.read.format("delta").load(str(output / "delta" / "flat"))
-    return table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])
+    return table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns]).cache()
