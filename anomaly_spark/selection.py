@@ -37,7 +37,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CONSENSUS = "consensus"
-# How the consensus joins its members' ranks.
+# Rules that join the members' ranks into the consensus score.
 COMBINATIONS = ("max", "mean")
 EVIDENCE_PATH = Path(__file__).with_name("selection_evidence.json")
 # Probabilities at which each member's score distribution is stored for the rank transform.
@@ -112,7 +112,7 @@ class ConsensusModel(DetectorModel):
 
 
 def _combined(ranks: list[Any], combination: str) -> Any:
-    """The consensus of rank expressions; NaN in a member stays NaN, as in ``combine``."""
+    """Build the consensus expression of the rank expressions; NaN in a member stays NaN, as in ``combine``."""
     if combination == "mean":
         return sum(ranks[1:], ranks[0]) / F.lit(float(len(ranks)))
     nan = F.lit(float("nan"))

@@ -259,7 +259,8 @@ def main() -> None:
         for path in paths:
             forest[path.stem] = _sklearn_forest_auc(path, 42)
             for mode in modes:
-                record = run_table(spark, path, mode, args.budget, Path(scratch) / "output")
+                # One output folder per table: tables with the same column names but other types cannot share a flat table.
+                record = run_table(spark, path, mode, args.budget, Path(scratch) / path.stem)
                 records.append(record)
                 print(f"{record['table']:12s} {mode:8s} selected {record['selected']:28s} {_fmt(record['selected_roc_auc'])} best {_fmt(record['best_roc_auc'])} ({record['seconds']} s)", flush=True)
     spark.stop()

@@ -143,7 +143,7 @@ class GaussianMixtureNLL(Detector):
         return self.fit_local(training_sample(df, max_train_rows, seed), seed)
 
     def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
-        """Fit scikit-learn's GaussianMixture (full covariances, KMeans start) on a driver-held matrix."""
+        """Fit scikit-learn's GaussianMixture (KMeans start; full or diagonal covariances per ``covariance``) on a driver-held matrix."""
         from sklearn.mixture import GaussianMixture
 
         params = self.validated_params()
