@@ -379,9 +379,16 @@ def _align_to_table(flat: DataFrame, table_types: dict[str, T.DataType], flat_pa
 def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: list[str]) -> DataFrame:
     """Read one run's flattened rows back from the flat Delta table, with this run's columns only.
 
-    The result is marked for caching (memory, spilling to disk), so the
-    stages after ingestion read the Delta table once; the caller's first
-    action fills the cache, and ``unpersist`` releases it.
+    The result has at least ``defaultParallelism`` partitions and is marked
+    for caching (memory, spilling to disk), so the stages after ingestion
+    read the Delta table once. The caller's first action fills the cache,
+    and ``unpersist`` releases it.
     """
     table = spark.read.format("delta").load(str(output / "delta" / "flat"))
-    return table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns]).cache()
+    snapshot = table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])
+    # A small input is often one file, so one partition, and every later pass would run on one core.
+    # Round-robin repartitioning sorts each input partition first, so the row order stays deterministic.
+    parallelism = spark.sparkContext.defaultParallelism
+    if snapshot.rdd.getNumPartitions() < parallelism:
+        snapshot = snapshot.repartition(parallelism)
+    return snapshot.cache()
