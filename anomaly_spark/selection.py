@@ -310,7 +310,7 @@ def trust_statement(rule: str, ranking_metrics: list[str], evidence: dict[str, A
     return (
         f"On the project's benchmark suite ({entry['tables']} labelled tables, measured {evidence['date']} with "
         f"`{evidence['command']}`), this rule's choice reached a mean ROC-AUC of {entry['mean_roc_auc']:.3f} against "
-        f"{entry['mean_best_roc_auc']:.3f} for the best single model per table chosen with hindsight, and came within 0.05 "
+        f"{entry['mean_best_roc_auc']:.3f} for the best of the run's models per table chosen with hindsight, and came within 0.05 "
         f"of that best model on {entry['tables_within_0_05']} of {entry['tables']} tables; the choice is no guarantee on "
         "other data."
     )

@@ -304,6 +304,18 @@ def test_trust_statement_placeholder_and_evidence() -> None:
     assert "No benchmark evidence" in trust_statement("ranking", ["excess_mass"], evidence)
 
 
+def test_packaged_evidence_covers_default_rule() -> None:
+    packaged = load_evidence()
+    assert packaged is not None
+    entry = packaged["rules"]["consensus"]
+    assert entry["tables"] >= 10
+    assert 0.5 <= entry["mean_roc_auc"] <= entry["mean_best_roc_auc"] <= 1.0
+    statement = trust_statement("consensus", ["stability"])
+    assert "No benchmark evidence" not in statement
+    assert f"{entry['tables']} labelled tables" in statement
+    assert f"{entry['mean_roc_auc']:.3f}" in statement
+
+
 def test_evidence_file_in_package_data() -> None:
     settings = tomllib.loads((REPO / "pyproject.toml").read_text())
     patterns = settings["tool"]["setuptools"]["package-data"]["anomaly_spark"]
