@@ -1,6 +1,8 @@
 """Built-in detectors. Each trains on Spark or on a bounded sample and scores every row on the executors.
 
-KMeans and bisecting KMeans train with Spark ML on every row. The Gaussian
+KMeans and bisecting KMeans train with Spark ML on every row, or on a
+random sample of about ``detection.max_train_rows`` rows of a larger input
+(the centroids of k clusters need far fewer rows than millions). The Gaussian
 mixture, Isolation Forest, robust covariance and kNN train on a bounded
 sample with scikit-learn or numpy. The empirical-tail detector builds its
 per-column distributions from distributed quantiles. Every fitted model
@@ -25,7 +27,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ._spark import score_vectors, training_sample
+from ._spark import score_vectors, spark_sample, training_sample
 from .base import FEATURES, Detector, DetectorModel, MatrixModel, ParamSpec
 
 __all__ = [
@@ -61,9 +63,10 @@ class KMeansDistance(Detector):
     }
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Fit Spark KMeans on all rows."""
+        """Fit Spark KMeans on all rows, or on a random sample of about ``max_train_rows`` rows of a larger input."""
         params = self.validated_params()
-        model = KMeans(k=params["k"], maxIter=params["max_iter"], seed=seed, featuresCol=FEATURES, initSteps=5).fit(df)
+        train = spark_sample(df, max_train_rows, seed)
+        model = KMeans(k=params["k"], maxIter=params["max_iter"], seed=seed, featuresCol=FEATURES, initSteps=5).fit(train)
         centres = [list(map(float, c)) for c in model.clusterCenters()]
         return CentroidDistanceModel(self.name, params, centres)
 
@@ -88,7 +91,7 @@ class BisectingKMeansDistance(Detector):
     }
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Fit Spark BisectingKMeans on all rows."""
+        """Fit Spark BisectingKMeans on all rows, or on a random sample of about ``max_train_rows`` rows of a larger input."""
         params = self.validated_params()
         estimator = BisectingKMeans(
             k=params["k"],
@@ -97,7 +100,7 @@ class BisectingKMeansDistance(Detector):
             featuresCol=FEATURES,
             minDivisibleClusterSize=params["min_cluster_share"],
         )
-        model = estimator.fit(df)
+        model = estimator.fit(spark_sample(df, max_train_rows, seed))
         centres = [list(map(float, c)) for c in model.clusterCenters()]
         return CentroidDistanceModel(self.name, params, centres)
 
