@@ -298,6 +298,9 @@ def _run_stages(context: _Context) -> Path:
         prepared, preprocess_info = _preprocess(context, selection)
         rows_scored = prepared.count()
         counts.update(rows=rows_scored, missing_cells_filled=sum(selection.null_counts.values()))
+    # The prepared rows are cached now; releasing the flat snapshot leaves memory to the stages that follow.
+    # The drift stage reads the snapshot again from the flat Delta table.
+    ingested.flat.unpersist()
     summary["missing_cells_filled"] = sum(selection.null_counts.values())
     summary["preprocess"] = preprocess_info
     write_json(context.run_dir / "preprocess.json", preprocess_info)
@@ -307,6 +310,8 @@ def _run_stages(context: _Context) -> Path:
         training = training_sample(prepared, int(config.get("detection.max_train_rows")), seed)
         sample = make_evaluation_sample(training, int(config.get("detection.eval_sample_rows")), seed, spark)
         scored, results = _train_and_score(context, prepared, sample)
+        # The scored rows are cached and contain every column of the prepared rows.
+        prepared.unpersist()
         counts.update(rows=rows_scored, models=len(results), training_rows=len(training))
 
     with stage(logger, "evaluate", timings) as counts:
