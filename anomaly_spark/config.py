@@ -67,6 +67,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "preprocess.impute_k": (1, 1000),
     "preprocess.impute_rounds": (0, 100),
     "preprocess.impute_max_iter": (1, 1000),
+    "preprocess.impute_sample_rows": (100, None),
     "features.near_constant_share": (0.5, 1.0),
     "validation.rules.min_rows.threshold": (0, None),
     "validation.rules.max_column_null_share.threshold": (0.0, 1.0),

@@ -49,10 +49,16 @@ class _KMeansImputerParams(Params):
         Params._dummy(), "maxIter", "maximum iterations of Spark's KMeans (>= 1)", typeConverter=TypeConverters.toInt
     )
     seed: Param[int] = Param(Params._dummy(), "seed", "random seed", typeConverter=TypeConverters.toInt)
+    sampleRows: Param[int] = Param(
+        Params._dummy(),
+        "sampleRows",
+        "rows of a random sample that the KMeans start is fitted on when the data has more (>= 1)",
+        typeConverter=TypeConverters.toInt,
+    )
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(k=8, rounds=3, maxIter=20, seed=42)
+        self._setDefault(k=8, rounds=3, maxIter=20, seed=42, sampleRows=100_000)
 
     def getInputCols(self) -> list[str]:
         """Return the feature columns to fill."""
@@ -73,6 +79,10 @@ class _KMeansImputerParams(Params):
     def getSeed(self) -> int:
         """Return the random seed."""
         return self.getOrDefault(self.seed)
+
+    def getSampleRows(self) -> int:
+        """Return the number of rows the KMeans start is fitted on at most (about, as a Bernoulli sample)."""
+        return self.getOrDefault(self.sampleRows)
 
 
 def _quoted(name: str) -> Column:
@@ -116,7 +126,8 @@ def _validate_params(estimator: "KMeansImputer", dataset: DataFrame) -> list[str
     not_numeric = [f"{c} ({types[c].simpleString()})" for c in columns if not isinstance(types[c], _NUMERIC)]
     if not_numeric:
         raise ValueError(f"KMeansImputer: inputCols must be numeric; cast these columns to double first: {', '.join(not_numeric)}")
-    for name, value, low in (("k", estimator.getK(), 1), ("rounds", estimator.getRounds(), 0), ("maxIter", estimator.getMaxIter(), 1)):
+    limits = (("k", estimator.getK(), 1), ("rounds", estimator.getRounds(), 0), ("maxIter", estimator.getMaxIter(), 1), ("sampleRows", estimator.getSampleRows(), 1))
+    for name, value, low in limits:
         if value < low:
             raise ValueError(f"KMeansImputer: invalid {name}={value}; it must be at least {low}")
     return columns
@@ -138,6 +149,9 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         early once the centroids no longer move.
     maxIter : int, default=20
         Maximum iterations of Spark's KMeans.
+    sampleRows : int, default=100000
+        The KMeans start is fitted on a random sample of about this many rows
+        when the data has more; the refinement passes cover every row.
     seed : int, default=42
         Seed of the KMeans initialisation.
 
@@ -155,7 +169,14 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
 
     @keyword_only
     def __init__(
-        self, *, inputCols: list[str] | None = None, k: int = 8, rounds: int = 3, maxIter: int = 20, seed: int = 42
+        self,
+        *,
+        inputCols: list[str] | None = None,
+        k: int = 8,
+        rounds: int = 3,
+        maxIter: int = 20,
+        seed: int = 42,
+        sampleRows: int = 100_000,
     ) -> None:
         super().__init__()
         kwargs = self._input_kwargs  # type: ignore[attr-defined]
@@ -210,6 +231,7 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
             rounds=self.getRounds(),
             maxIter=self.getMaxIter(),
             seed=self.getSeed(),
+            sampleRows=self.getSampleRows(),
             means=means.tolist(),
             stds=stds.tolist(),
             centroids=centroids.tolist(),
@@ -226,6 +248,9 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         if k == 1:
             # Spark's KMeans requires k > 1; the one centre of mean-seeded standardised data is the origin.
             return np.zeros((1, len(names)))
+        if rows > self.getSampleRows():
+            # The centres of k clusters need far fewer rows than millions; no limit, so the sample keeps its partitions.
+            standardized = standardized.sample(fraction=self.getSampleRows() / rows, seed=self.getSeed())
         seeded = standardized.select(array_to_vector(F.array(*[F.coalesce(F.col(n), F.lit(0.0)) for n in names])).alias(_SEEDED))
         kmeans = KMeans(k=k, seed=self.getSeed(), featuresCol=_SEEDED, maxIter=self.getMaxIter(), initSteps=2)
         return np.array([np.asarray(c, dtype=float) for c in kmeans.fit(seeded).clusterCenters()])

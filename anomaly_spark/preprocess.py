@@ -269,6 +269,7 @@ def fit_preprocessing(df: DataFrame, features: list[str], config: Config) -> Pip
         rounds=int(config.get("preprocess.impute_rounds")),
         maxIter=int(config.get("preprocess.impute_max_iter")),
         seed=int(config.get("run.seed")),
+        sampleRows=int(config.get("preprocess.impute_sample_rows")),
     )
     assembler = VectorAssembler(inputCols=features, outputCol=_ASSEMBLED, handleInvalid="error")
     scaler: Any
@@ -304,6 +305,7 @@ def preprocess_summary(model: PipelineModel, config: Config) -> dict[str, Any]:
             "rounds": imputer.getRounds(),
             "rounds_run": imputer.getRoundsRun(),
             "max_iter": imputer.getMaxIter(),
+            "sample_rows": imputer.getSampleRows(),
             "seed": imputer.getSeed(),
             "training_rows": imputer.getOrDefault(imputer.trainingRows),
             "missing_cells": imputer.getOrDefault(imputer.trainingMissingCells),

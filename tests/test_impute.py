@@ -76,6 +76,30 @@ def test_imputer_every_row_missing_one_value(spark: Any) -> None:
     assert model.getOrDefault(model.trainingMissingCells) == len(frame)
 
 
+def test_imputer_sampled_start_fills_as_well(spark: Any) -> None:
+    frame = _clustered(rows=2000, seed=3)
+    features = ["a", "b", "c", "d"]
+    truth = frame[features].to_numpy().copy()
+    for row in range(len(frame)):
+        frame.loc[row, features[row % 4]] = np.nan
+    missing = frame[features].isna().to_numpy()
+
+    # The KMeans start sees about 150 of the 2000 rows; the refinement passes see all of them.
+    sampled = KMeansImputer(inputCols=features, k=3, seed=1, sampleRows=150).fit(_frame(spark, frame))
+    filled = _collect(sampled.transform(_frame(spark, frame)), features)[features].to_numpy()
+
+    assert sampled.getSampleRows() == 150
+    assert sampled.getOrDefault(sampled.trainingRows) == 2000
+    assert not np.isnan(filled).any()
+    mean_error = np.abs(np.nanmean(frame[features].to_numpy(), axis=0) - truth)[missing].mean()
+    assert np.abs(filled - truth)[missing].mean() < 0.5 * mean_error
+
+
+def test_imputer_invalid_sample_rows_rejected(spark: Any) -> None:
+    with pytest.raises(ValueError, match="invalid sampleRows=0"):
+        KMeansImputer(inputCols=["a", "b", "c", "d"], sampleRows=0).fit(_frame(spark, _clustered()))
+
+
 def test_imputer_column_almost_all_null(spark: Any) -> None:
     frame = _clustered()
     frame.loc[frame.index[3:], "d"] = np.nan  # 99% of column d is missing
