@@ -103,14 +103,14 @@ class EvaluationSample:
     spark: SparkSession | None = None
     _frames: dict[str, DataFrame] = field(default_factory=dict)
 
-    def frame(self, which: str = "data") -> DataFrame:
+    def frame(self, points: str = "data") -> DataFrame:
         """Return the sample (``data``) or the uniform points (``uniform``) as a small cached DataFrame."""
-        if which not in self._frames:
+        if points not in self._frames:
             if self.spark is None:
                 raise ValueError("this evaluation sample has no Spark session, so it cannot become a DataFrame")
-            matrix = self.vectors if which == "data" else self.uniform_vectors
-            self._frames[which] = _vectors_frame(self.spark, matrix)
-        return self._frames[which]
+            matrix = self.vectors if points == "data" else self.uniform_vectors
+            self._frames[points] = _vectors_frame(self.spark, matrix)
+        return self._frames[points]
 
     def unpersist(self) -> None:
         """Release the cached DataFrames, if any were created."""
@@ -151,16 +151,16 @@ def draw_evaluation_sample(df: DataFrame, max_rows: int, seed: int) -> Evaluatio
     return make_evaluation_sample(training_sample(df, max_rows, seed), max_rows, seed, df.sparkSession)
 
 
-def score_sample(model: DetectorModel, sample: EvaluationSample, which: str = "data") -> np.ndarray:
+def score_sample(model: DetectorModel, sample: EvaluationSample, points: str = "data") -> np.ndarray:
     """Score the sample rows (``data``) or the uniform points (``uniform``) in row order.
 
     Models with ``score_matrix`` score on the driver; others score the
     sample as a small DataFrame on Spark.
     """
     if model.scores_locally:
-        matrix = sample.vectors if which == "data" else sample.uniform_vectors
+        matrix = sample.vectors if points == "data" else sample.uniform_vectors
         return np.asarray(model.score_matrix(matrix), dtype=float)
-    indexed = sample.frame(which).withColumn("__order", F.monotonically_increasing_id())
+    indexed = sample.frame(points).withColumn("__order", F.monotonically_increasing_id())
     scored = model.transform(indexed).select("__order", SCORE).toPandas()
     return cast(pd.DataFrame, scored).sort_values("__order")[SCORE].to_numpy(dtype=float)
 
@@ -291,10 +291,10 @@ def _partition_sums(df: DataFrame, columns: list[str], width: int, partial: Call
 def _silhouettes(df: DataFrame, results: list[ModelResult]) -> None:
     """Silhouette of every model's two groups (flagged and not), as Spark's ClusteringEvaluator computes it.
 
-    Squared Euclidean distance lets each point's mean distance to a group
-    follow from the group's size, vector sum and sum of squared norms, so
-    one pass collects those per model and a second pass averages the
-    per-point coefficients of all models.
+    With squared Euclidean distance, a point's mean distance to a group
+    follows from the group's size, vector sum and sum of squared norms. One
+    pass collects those per model, and a second pass averages the per-point
+    coefficients of all models.
     """
     measured = []
     for result in results:
@@ -394,8 +394,8 @@ def refit_for_stability(result: ModelResult, df: DataFrame, sample: EvaluationSa
     """Refit ``result``'s detector with ``seed + 1`` on a random 80% of the training sample.
 
     Detectors with a local fit refit on the driver on at most
-    ``min(max_rows, 20000)`` rows (fewer when the detector itself trains on
-    fewer); others refit with Spark on a random 80% of ``df``.
+    ``min(max_rows, 20000)`` rows, or fewer when the detector itself trains
+    on fewer. Other detectors refit with Spark on a random 80% of ``df``.
     """
     detector = result.detector
     if detector is not None and fits_locally(detector):
@@ -409,8 +409,8 @@ def _label_metrics(df: DataFrame, results: list[ModelResult], label_column: str)
     """ROC-AUC, PR-AUC and precision at the true contamination of every model, for evaluation only.
 
     One ``approxQuantile`` pass cuts each model's scores into 10,000 bins
-    (relative rank error 1e-4) and one pass counts labelled rows per bin;
-    rows within one bin count as tied. Precision flags the scores at or
+    (relative rank error 1e-4), and one pass counts labelled rows per bin.
+    Rows within one bin count as tied. Precision flags the scores at or
     above the ``1 - p`` quantile, where p is the share of positive labels.
     """
     label = F.col(f"`{label_column}`")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence, cast
 import numpy as np
 import pandas as pd
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -16,7 +16,7 @@ from .base import FEATURES, SCORE
 if TYPE_CHECKING:
     from .base import DetectorModel
 
-__all__ = ["training_sample", "score_vectors", "score_columns", "squared_distance", "bounded_rows", "spark_sample", "subsample"]
+__all__ = ["training_sample", "score_vectors", "score_columns", "bounded_rows", "spark_sample", "subsample"]
 
 
 def bounded_rows(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
@@ -30,9 +30,9 @@ def bounded_rows(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
 def spark_sample(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
     """Return ``df`` when it has at most ``max_rows`` rows, else a Bernoulli sample of about ``max_rows`` rows.
 
-    Unlike :func:`bounded_rows` there is no ``limit``, which would gather the
-    sample into one partition; the sample keeps the input's partitions, so a
-    Spark ML fit on it still uses every core.
+    Unlike :func:`bounded_rows` it applies no ``limit``, because a limit
+    gathers the sample into one partition. The sample keeps the input's
+    partitions, so a Spark ML fit on it still uses every core.
     """
     total = df.count()
     if total <= max_rows:
@@ -75,12 +75,6 @@ def score_vectors(df: DataFrame, score_matrix: Callable[[np.ndarray], np.ndarray
 
     scored = arrays.mapInPandas(score, schema)
     return scored.select(*[F.col(f"`{c}`") for c in others], array_to_vector(F.col("__x")).alias(FEATURES), SCORE)
-
-
-def squared_distance(vector: Column, centre: list[float]) -> Column:
-    """Squared Euclidean distance between an array column and a constant point, as a built-in expression."""
-    point = F.array(*[F.lit(float(v)) for v in centre])
-    return F.aggregate(F.zip_with(vector, point, lambda a, b: (a - b) * (a - b)), F.lit(0.0), lambda acc, v: acc + v)
 
 
 def score_columns(

@@ -113,7 +113,7 @@ class Detector(ABC):
 
         The pipeline uses it for stability refits on the training sample and
         for the complex-mode trials of detectors that train on a sample;
-        ``sample_rows`` says how many rows such a detector wants. Detectors
+        ``sample_rows`` returns how many rows such a detector uses. Detectors
         without it are refitted with :meth:`fit` on Spark.
         """
         raise NotImplementedError(f"detector {self.name!r} has no local fit")
@@ -202,7 +202,7 @@ class MatrixModel(DetectorModel):
 
     Subclasses implement :meth:`score_matrix`. ``transform`` broadcasts the
     model once per SparkContext and applies it to each Arrow batch with
-    ``mapInPandas``; the pipeline scores many such models in one pass, and
+    ``mapInPandas``. The pipeline scores many such models in one pass and
     scores evaluation samples on the driver without a Spark job.
     """
 

@@ -462,8 +462,8 @@ class NeighbourDistanceModel(MatrixModel):
             squared = np.einsum("ij,ij->i", block, block)[:, None] + reference_norms[None, :] - 2.0 * block @ reference.T
             nearest = np.sqrt(np.maximum(np.partition(squared, k, axis=1)[:, : k + 1], 0.0))
             nearest.sort(axis=1)
-            # A row that is itself in the reference (or has an exact copy there) meets one
-            # zero distance; dropping one zero treats such rows and their copies alike.
+            # A row that is itself in the reference, or has an exact copy there, meets one zero
+            # distance. Dropping one zero treats such rows and their copies alike.
             has_zero = nearest[:, 0] <= 1e-12
             scores[start : start + 512] = np.where(has_zero, nearest[:, 1 : k + 1].mean(axis=1), nearest[:, :k].mean(axis=1))
         return scores
