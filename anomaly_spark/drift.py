@@ -65,7 +65,7 @@ class DriftSettings:
     ks_alpha: float = 0.01
     ks_min_statistic: float = 0.1
     anomaly_rate_z_threshold: float = 3.0
-    quantile_accuracy: int = 10000
+    quantile_accuracy: int = 1000
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> "DriftSettings":

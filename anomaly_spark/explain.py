@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from .detectors import FEATURES
@@ -35,24 +36,20 @@ class FeatureReference:
         return {"names": self.names, "medians": self.medians, "scales": self.scales}
 
 
-def fit_feature_reference(df: DataFrame, names: list[str]) -> FeatureReference:
-    """Compute every feature's quartiles and standard deviation in one aggregation."""
-    values = vector_to_array(F.col(FEATURES))
-    aggregates = []
-    for j in range(len(names)):
-        aggregates.append(F.percentile_approx(values[j], [0.25, 0.5, 0.75], 10_000).alias(f"q{j}"))
-        aggregates.append(F.stddev_pop(values[j]).alias(f"s{j}"))
-    stats = df.agg(*aggregates).first()
-    assert stats is not None
-    medians, scales = [], []
-    for j in range(len(names)):
-        low, median, high = (float(v) for v in stats[f"q{j}"])
-        spread = (high - low) / 1.349
-        if spread <= 0:
-            spread = float(stats[f"s{j}"] or 0.0)
-        medians.append(median)
-        scales.append(spread if spread > 0 else 1.0)
-    return FeatureReference(list(names), medians, scales)
+def fit_feature_reference(x: np.ndarray, names: list[str]) -> FeatureReference:
+    """Compute every feature's median and robust scale from a matrix of scaled feature vectors.
+
+    The pipeline passes the training sample: every row of a small input, or
+    a uniform random sample of ``detection.max_train_rows`` rows, whose
+    quartiles are within a fraction of a percent in rank of those of all rows.
+    """
+    if x.ndim != 2 or x.shape[1] != len(names) or len(x) == 0:
+        raise ValueError(f"the feature reference needs a non-empty matrix with {len(names)} columns, got shape {x.shape}")
+    low, medians, high = np.percentile(x, [25.0, 50.0, 75.0], axis=0)
+    spreads = (high - low) / 1.349
+    stds = x.std(axis=0)
+    scales = np.where(spreads > 0, spreads, np.where(stds > 0, stds, 1.0))
+    return FeatureReference(list(names), [float(m) for m in medians], [float(v) for v in scales])
 
 
 def top_features_expression(reference: FeatureReference, flag: Column, top: int = 3) -> Column:

@@ -1,8 +1,10 @@
 """KMeans-based missing-value fill as a Spark ML Estimator and Model.
 
 ``KMeansImputer.fit`` standardises the features, seeds missing cells with
-column means and clusters with Spark's KMeans. It then refines the
-centroids for up to ``rounds`` passes. In each pass every row joins the
+column means and clusters them with scikit-learn's KMeans on the driver,
+every row of a small data set or a random sample of ``sampleRows`` rows of
+a larger one. It then refines the centroids on every row with Spark, for up
+to ``rounds`` passes. In each pass every row joins the
 centroid nearest on its observed features only, and each centroid becomes
 the mean of its members' observed values. ``KMeansImputerModel.transform`` fills every missing cell
 from the nearest centroid on the row's observed features. A row with no
@@ -13,14 +15,13 @@ observed feature takes the column means; fit counts such rows and
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+import warnings
+from typing import Any, Iterable, cast
 
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel, keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.clustering import KMeans
-from pyspark.ml.functions import array_to_vector
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
@@ -31,7 +32,6 @@ __all__ = ["KMeansImputer", "KMeansImputerModel"]
 
 logger = logging.getLogger(__name__)
 
-_SEEDED = "__impute_seeded"
 # Refinement stops early once no centroid coordinate moves more than this, in standard deviations.
 _REFINE_TOLERANCE = 1e-6
 _NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType, T.NullType)
@@ -46,7 +46,7 @@ class _KMeansImputerParams(Params):
         Params._dummy(), "rounds", "maximum refinement passes on observed features (>= 0)", typeConverter=TypeConverters.toInt
     )
     maxIter: Param[int] = Param(
-        Params._dummy(), "maxIter", "maximum iterations of Spark's KMeans (>= 1)", typeConverter=TypeConverters.toInt
+        Params._dummy(), "maxIter", "maximum KMeans iterations of the start (>= 1)", typeConverter=TypeConverters.toInt
     )
     seed: Param[int] = Param(Params._dummy(), "seed", "random seed", typeConverter=TypeConverters.toInt)
     sampleRows: Param[int] = Param(
@@ -141,14 +141,14 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
     inputCols : list of str
         Numeric columns to fill; null and NaN both count as missing.
     k : int, default=8
-        Number of clusters. Fewer rows than ``k`` lower it, and Spark's
-        KMeans may return fewer centres when the data has fewer distinct rows.
+        Number of clusters. Fewer distinct rows than ``k`` (after the
+        mean seeding of missing cells) lower it to that number.
     rounds : int, default=3
         Maximum refinement passes that reassign rows on their observed
         features. Fit skips them when the data has no missing cell and stops
         early once the centroids no longer move.
     maxIter : int, default=20
-        Maximum iterations of Spark's KMeans.
+        Maximum iterations of the KMeans start.
     sampleRows : int, default=100000
         The KMeans start is fitted on a random sample of about this many rows
         when the data has more; the refinement passes cover every row.
@@ -243,17 +243,32 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         return model
 
     def _cluster(self, standardized: DataFrame, names: list[str], rows: int) -> np.ndarray:
-        """Cluster the mean-seeded standardised rows and return the centres."""
+        """Cluster the mean-seeded standardised rows, or a sample of them, on the driver and return the centres."""
         k = min(self.getK(), rows)
         if k == 1:
-            # Spark's KMeans requires k > 1; the one centre of mean-seeded standardised data is the origin.
+            # The one centre of mean-seeded standardised data is the origin.
             return np.zeros((1, len(names)))
         if rows > self.getSampleRows():
-            # The centres of k clusters need far fewer rows than millions; no limit, so the sample keeps its partitions.
+            # The centres of k clusters need far fewer rows than millions.
             standardized = standardized.sample(fraction=self.getSampleRows() / rows, seed=self.getSeed())
-        seeded = standardized.select(array_to_vector(F.array(*[F.coalesce(F.col(n), F.lit(0.0)) for n in names])).alias(_SEEDED))
-        kmeans = KMeans(k=k, seed=self.getSeed(), featuresCol=_SEEDED, maxIter=self.getMaxIter(), initSteps=2)
-        return np.array([np.asarray(c, dtype=float) for c in kmeans.fit(seeded).clusterCenters()])
+        seeded = cast(pd.DataFrame, standardized.select(*[F.coalesce(F.col(n), F.lit(0.0)).alias(n) for n in names]).toPandas())
+        x = seeded.to_numpy(dtype=float)
+        if len(x) == 0:
+            return np.zeros((1, len(names)))
+        return _kmeans(x, k, self.getMaxIter(), self.getSeed())
+
+
+def _kmeans(x: np.ndarray, k: int, max_iter: int, seed: int) -> np.ndarray:
+    """Return the centres of scikit-learn's KMeans (one k-means++ start), at most one per distinct row."""
+    from sklearn.cluster import KMeans
+
+    distinct = np.unique(x, axis=0)
+    if len(distinct) <= k:
+        return distinct
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = KMeans(n_clusters=k, max_iter=max_iter, n_init=1, random_state=seed).fit(x)
+    return np.unique(np.asarray(model.cluster_centers_, dtype=float), axis=0)
 
 
 def _column_statistics(dataset: DataFrame, columns: list[str]) -> dict[str, Any]:

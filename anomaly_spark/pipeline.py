@@ -344,7 +344,7 @@ def _run_stages(context: _Context) -> Path:
         )
 
     with stage(logger, "artifacts", timings) as counts:
-        report_path = _write_artifacts(context, scored, results, best, selection, ingested)
+        report_path = _write_artifacts(context, scored, training, results, best, selection, ingested)
         counts.update(rows=rows_scored, files=len(summary["artifacts"]))
     scored.unpersist()
     prepared.unpersist()
@@ -542,6 +542,7 @@ def _summarise_models(
 def _write_artifacts(
     context: _Context,
     scored: DataFrame,
+    training: np.ndarray,
     results: list[ModelResult],
     best: ModelResult,
     selection: FeatureSelection,
@@ -554,7 +555,7 @@ def _write_artifacts(
     write_csv_rows(run_dir / "models.csv", MODELS_CSV_COLUMNS, _models_csv_rows(summary["models"]))
     artifacts["models"] = "models.csv"
 
-    reference = fit_feature_reference(scored, selection.features)
+    reference = fit_feature_reference(training, selection.features)
     best_rows = scored.select(
         F.col(f"`{key_column}`").alias(key_column),
         *[F.col(f"`{c}`") for c in selection.features],

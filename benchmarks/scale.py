@@ -536,8 +536,9 @@ def _baseline_spark_ml(data: Path, master: str) -> dict[str, float]:
     spark = (
         SparkSession.builder.master(master)
         .appName("scale-baseline-spark-ml")
-        # The job's defaults, so the floor runs with the same partitioning.
+        # The job's defaults, so the floor runs with the same partitioning and driver heap.
         .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.driver.memory", "2g")
         .config("spark.ui.showConsoleProgress", "false")
         .getOrCreate()
     )

@@ -23,7 +23,7 @@ from anomaly_spark.detectors import (
     available_detectors,
     create_detector,
 )
-from anomaly_spark.detectors.builtin import BUILTIN_DETECTORS
+from anomaly_spark.detectors.builtin import BUILTIN_DETECTORS, bisecting_centres
 
 from .conftest import BENCHMARKS, require_shared
 
@@ -245,9 +245,60 @@ def test_detector_subclass_float_accepts_int() -> None:
         Tiny(share=float("nan")).validated_params()
 
 
-def test_detector_spark_limits_declared() -> None:
-    # Spark ML rejects a single Gaussian and a zero minimum cluster share with its own, less helpful error.
+def test_detector_lower_bounds_declared() -> None:
+    # One Gaussian is no mixture, and a zero share would let any two rows form a divisible cluster.
     with pytest.raises(DetectorParamError, match="'k'"):
         create_detector("gaussian_mixture", {"k": 1}).validated_params()
     with pytest.raises(DetectorParamError, match="'min_cluster_share'"):
         create_detector("bisecting_kmeans_distance", {"min_cluster_share": 0.0}).validated_params()
+
+
+def _blobs(sizes: list[int], seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])[: len(sizes)]
+    x = np.vstack([rng.normal(means[i], 0.5, size=(n, 2)) for i, n in enumerate(sizes)])
+    return x, means
+
+
+def test_bisecting_centres_find_separated_clusters() -> None:
+    x, means = _blobs([400, 300, 30])
+    centres = bisecting_centres(x, k=3, max_iter=20, min_share=0.01, seed=1)
+    assert centres.shape == (3, 2)
+    nearest = np.sqrt(((means[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    assert nearest.max() < 0.5
+
+
+def test_bisecting_centres_leave_small_clusters_whole() -> None:
+    # Only clusters of at least 60% of the 1010 rows may split: the root into the blob and the
+    # 10 far rows, then the blob into two halves, which are too small to split again.
+    x, _ = _blobs([1000, 10])
+    centres = bisecting_centres(x, k=8, max_iter=20, min_share=0.6, seed=1)
+    assert len(centres) == 3
+    assert len(bisecting_centres(x, k=8, max_iter=20, min_share=0.01, seed=1)) == 8
+
+
+def test_bisecting_centres_stop_on_equal_rows() -> None:
+    x = np.ones((50, 3))
+    assert bisecting_centres(x, k=4, max_iter=10, min_share=0.01, seed=0).tolist() == [[1.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("name", ["kmeans_distance", "bisecting_kmeans_distance"])
+def test_clustering_fit_on_frame_equals_local_fit(name: str, spark: Any) -> None:
+    x, _ = _blobs([200, 150, 20])
+    df = spark.createDataFrame([(Vectors.dense(row.tolist()),) for row in x], [FEATURES])
+    from_frame = create_detector(name).fit(df, seed=7, max_train_rows=10_000)
+    local = create_detector(name).fit_local(x, seed=7)
+    # The frame's rows may arrive in another order, so compare the sorted centres.
+    assert np.allclose(np.sort(np.asarray(from_frame.centres), axis=0), np.sort(np.asarray(local.centres), axis=0), atol=1e-6)
+
+
+def test_knn_scores_equal_brute_force_distances() -> None:
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=(300, 4))
+    model = create_detector("knn_distance", {"k": 5, "reference_rows": 300}).fit_local(reference, seed=0)
+    queries = np.vstack([reference[:20], rng.normal(size=(20, 4)) * 3])
+    distances = np.sqrt(((queries[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2))
+    ordered = np.sort(distances, axis=1)
+    # A reference row meets itself at distance 0, which does not count as a neighbour.
+    expected = np.concatenate([ordered[:20, 1:6].mean(axis=1), ordered[20:, :5].mean(axis=1)])
+    assert np.allclose(model.score_matrix(queries), expected, atol=1e-9)

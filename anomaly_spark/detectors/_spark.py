@@ -16,7 +16,7 @@ from .base import FEATURES, SCORE
 if TYPE_CHECKING:
     from .base import DetectorModel
 
-__all__ = ["training_sample", "score_vectors", "score_columns", "bounded_rows", "spark_sample", "subsample"]
+__all__ = ["training_sample", "score_vectors", "score_columns", "bounded_rows", "subsample"]
 
 
 def bounded_rows(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
@@ -25,19 +25,6 @@ def bounded_rows(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
     if total <= max_rows:
         return df
     return df.sample(fraction=min(1.0, 1.1 * max_rows / total), seed=seed).limit(max_rows)
-
-
-def spark_sample(df: DataFrame, max_rows: int, seed: int) -> DataFrame:
-    """Return ``df`` when it has at most ``max_rows`` rows, else a Bernoulli sample of about ``max_rows`` rows.
-
-    Unlike :func:`bounded_rows` it applies no ``limit``, because a limit
-    gathers the sample into one partition. The sample keeps the input's
-    partitions, so a Spark ML fit on it still uses every core.
-    """
-    total = df.count()
-    if total <= max_rows:
-        return df
-    return df.sample(fraction=max_rows / total, seed=seed)
 
 
 def training_sample(df: DataFrame, max_rows: int, seed: int) -> np.ndarray:

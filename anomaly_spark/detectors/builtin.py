@@ -1,18 +1,17 @@
-"""Built-in detectors. Each trains on Spark or on a bounded sample and scores every row on the executors.
+"""Built-in detectors. Each trains on a bounded sample and scores every row on the executors.
 
-KMeans and bisecting KMeans train with Spark ML on every row, or on a
-random sample of about ``detection.max_train_rows`` rows of a larger input
-(the centroids of k clusters need far fewer rows than millions). The Gaussian
-mixture, Isolation Forest, robust covariance and kNN train on a bounded
-sample with scikit-learn or numpy. The empirical-tail detector builds its
-per-column distributions from distributed quantiles. Every fitted model
-scores a feature matrix with numpy, so the pipeline scores all of them in
-one ``mapInPandas`` pass over the rows.
+Every detector except the empirical tails fits with scikit-learn or numpy on
+the training sample. That sample is every row of a small input, or a random
+sample of ``detection.max_train_rows`` rows of a larger one, and the driver
+collects it once for all detectors. Centroids, mixtures, trees and covariances of 20 or so
+features need far fewer rows than millions. The empirical-tail detector
+builds its per-column distributions from distributed quantiles over every
+row. Every fitted model scores a feature matrix with numpy, so the pipeline
+scores all of them in one ``mapInPandas`` pass over the rows.
 
-Each detector also fits on a matrix held on the driver (``fit_local``):
-the sample-trained detectors fit that way, and the stability metric refits
-every detector on a subsample of the training sample, using scikit-learn's
-KMeans and BisectingKMeans for the two Spark-trained clustering detectors.
+``fit`` takes a DataFrame and draws the sample itself; ``fit_local`` takes
+the matrix, and the stability metric refits through it on a subsample of
+the training sample.
 """
 
 from __future__ import annotations
@@ -22,12 +21,11 @@ import warnings
 from typing import Any
 
 import numpy as np
-from pyspark.ml.clustering import BisectingKMeans, KMeans
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ._spark import score_vectors, spark_sample, training_sample
+from ._spark import score_vectors, training_sample
 from .base import FEATURES, Detector, DetectorModel, MatrixModel, ParamSpec
 
 __all__ = [
@@ -54,63 +52,103 @@ def _feature_count(df: DataFrame) -> int:
 
 
 class KMeansDistance(Detector):
-    """Distance from each row to its nearest KMeans centroid (Spark ML KMeans)."""
+    """Distance from each row to its nearest KMeans centroid (k-means++ start, Lloyd iterations)."""
 
     name = "kmeans_distance"
     params_spec = {
         "k": ParamSpec(int, 8, 2, 1000, doc="number of clusters", grid=(4, 8, 16)),
         "max_iter": ParamSpec(int, 50, 1, 10_000, doc="maximum KMeans iterations"),
     }
+    trains_on_sample = True
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Fit Spark KMeans on all rows, or on a random sample of about ``max_train_rows`` rows of a larger input."""
-        params = self.validated_params()
-        train = spark_sample(df, max_train_rows, seed)
-        model = KMeans(k=params["k"], maxIter=params["max_iter"], seed=seed, featuresCol=FEATURES, initSteps=5).fit(train)
-        centres = [list(map(float, c)) for c in model.clusterCenters()]
-        return CentroidDistanceModel(self.name, params, centres)
+        """Fit on every row, or on a random sample of ``max_train_rows`` rows of a larger input."""
+        self.validated_params()
+        return self.fit_local(training_sample(df, max_train_rows, seed), seed)
 
     def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
-        """Fit scikit-learn's KMeans (k-means++ start) on a driver-held matrix."""
-        from sklearn.cluster import KMeans as LocalKMeans
-
+        """Fit scikit-learn's KMeans on a driver-held matrix."""
         params = self.validated_params()
-        model = LocalKMeans(n_clusters=min(params["k"], len(x)), max_iter=params["max_iter"], n_init=1, random_state=seed).fit(x)
-        return CentroidDistanceModel(self.name, params, model.cluster_centers_.tolist())
+        return CentroidDistanceModel(self.name, params, _kmeans_centres(x, params["k"], params["max_iter"], seed).tolist())
 
 
 class BisectingKMeansDistance(Detector):
-    """Distance from each row to its nearest bisecting-KMeans centroid (Spark ML BisectingKMeans)."""
+    """Distance from each row to its nearest bisecting-KMeans centroid."""
 
     name = "bisecting_kmeans_distance"
     params_spec = {
         "k": ParamSpec(int, 8, 2, 1000, doc="number of leaf clusters", grid=(4, 8, 16)),
         "max_iter": ParamSpec(int, 20, 1, 10_000, doc="maximum KMeans iterations per split"),
-        # Spark rejects minDivisibleClusterSize 0, so the lower bound is just above it.
         "min_cluster_share": ParamSpec(float, 0.01, 1e-6, 0.5, doc="smallest share of rows a divisible cluster holds"),
     }
+    trains_on_sample = True
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Fit Spark BisectingKMeans on all rows, or on a random sample of about ``max_train_rows`` rows of a larger input."""
-        params = self.validated_params()
-        estimator = BisectingKMeans(
-            k=params["k"],
-            maxIter=params["max_iter"],
-            seed=seed,
-            featuresCol=FEATURES,
-            minDivisibleClusterSize=params["min_cluster_share"],
-        )
-        model = estimator.fit(spark_sample(df, max_train_rows, seed))
-        centres = [list(map(float, c)) for c in model.clusterCenters()]
-        return CentroidDistanceModel(self.name, params, centres)
+        """Fit on every row, or on a random sample of ``max_train_rows`` rows of a larger input."""
+        self.validated_params()
+        return self.fit_local(training_sample(df, max_train_rows, seed), seed)
 
     def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
-        """Fit scikit-learn's BisectingKMeans on a driver-held matrix."""
-        from sklearn.cluster import BisectingKMeans as LocalBisectingKMeans
-
+        """Split clusters in two with KMeans, the one with the largest squared error first, until ``k`` leaves."""
         params = self.validated_params()
-        model = LocalBisectingKMeans(n_clusters=min(params["k"], len(x)), max_iter=params["max_iter"], random_state=seed).fit(x)
-        return CentroidDistanceModel(self.name, params, model.cluster_centers_.tolist())
+        centres = bisecting_centres(x, params["k"], params["max_iter"], params["min_cluster_share"], seed)
+        return CentroidDistanceModel(self.name, params, centres.tolist())
+
+
+def _kmeans_centres(x: np.ndarray, k: int, max_iter: int, seed: int) -> np.ndarray:
+    """Return the centres of scikit-learn's KMeans with one k-means++ start, at most one per distinct row."""
+    from sklearn.cluster import KMeans
+
+    if len(x) == 0:
+        raise ValueError("cannot fit a detector on an empty matrix; the input has no rows")
+    clusters = min(k, len(x))
+    with warnings.catch_warnings():
+        # Fewer distinct rows than clusters gives repeated centres, which score the same as one.
+        warnings.simplefilter("ignore")
+        model = KMeans(n_clusters=clusters, max_iter=max_iter, n_init=1, random_state=seed).fit(x)
+    return np.unique(np.asarray(model.cluster_centers_, dtype=float), axis=0)
+
+
+def bisecting_centres(x: np.ndarray, k: int, max_iter: int, min_share: float, seed: int) -> np.ndarray:
+    """Return the leaf centres of bisecting KMeans on ``x``.
+
+    Starting from one cluster of all rows, the divisible leaf with the
+    largest sum of squared distances to its mean is split by a two-centre
+    KMeans, until there are ``k`` leaves or no leaf is divisible. A leaf is
+    divisible when it contains at least ``min_share`` of the rows (and at least
+    two) and its rows are not all equal.
+    """
+    if len(x) == 0:
+        raise ValueError("cannot fit a detector on an empty matrix; the input has no rows")
+    smallest = max(2, int(np.ceil(min_share * len(x))))
+
+    def error(rows: np.ndarray) -> float:
+        part = x[rows]
+        return float(((part - part.mean(axis=0)) ** 2).sum())
+
+    # Each leaf: row indices and its squared error, or None once a split failed.
+    leaves: list[tuple[np.ndarray, float | None]] = [(np.arange(len(x)), error(np.arange(len(x))))]
+    while len(leaves) < k:
+        divisible = [i for i, (rows, sse) in enumerate(leaves) if sse is not None and sse > 0 and len(rows) >= smallest]
+        if not divisible:
+            break
+        chosen = max(divisible, key=lambda i: leaves[i][1] or 0.0)
+        rows, _ = leaves[chosen]
+        labels = _two_means(x[rows], max_iter, seed + len(leaves))
+        left, right = rows[labels == 0], rows[labels == 1]
+        if len(left) == 0 or len(right) == 0:
+            leaves[chosen] = (rows, None)
+            continue
+        leaves[chosen : chosen + 1] = [(left, error(left)), (right, error(right))]
+    return np.array([x[rows].mean(axis=0) for rows, _ in leaves])
+
+
+def _two_means(x: np.ndarray, max_iter: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(KMeans(n_clusters=2, max_iter=max_iter, n_init=1, random_state=seed).fit_predict(x))
 
 
 class CentroidDistanceModel(MatrixModel):
@@ -446,27 +484,24 @@ class KNearestNeighbours(Detector):
 
 
 class NeighbourDistanceModel(MatrixModel):
-    """Mean distance to the nearest reference rows, computed per Arrow batch in blocks."""
+    """Mean distance to the nearest reference rows, found by scikit-learn's brute-force neighbour search."""
 
     def __init__(self, name: str, params: dict[str, Any], reference: np.ndarray) -> None:
         super().__init__(name, params)
         self.reference = reference
 
     def score_matrix(self, x: np.ndarray) -> np.ndarray:
-        reference = self.reference
-        k = min(int(self.params["k"]), len(reference) - 1)
-        reference_norms = np.einsum("ij,ij->i", reference, reference)
-        scores = np.empty(len(x))
-        for start in range(0, len(x), 512):
-            block = x[start : start + 512]
-            squared = np.einsum("ij,ij->i", block, block)[:, None] + reference_norms[None, :] - 2.0 * block @ reference.T
-            nearest = np.sqrt(np.maximum(np.partition(squared, k, axis=1)[:, : k + 1], 0.0))
-            nearest.sort(axis=1)
-            # A row that is itself in the reference, or has an exact copy there, meets one zero
-            # distance. Dropping one zero treats such rows and their copies alike.
-            has_zero = nearest[:, 0] <= 1e-12
-            scores[start : start + 512] = np.where(has_zero, nearest[:, 1 : k + 1].mean(axis=1), nearest[:, :k].mean(axis=1))
-        return scores
+        from sklearn.neighbors import NearestNeighbors
+
+        k = min(int(self.params["k"]), len(self.reference) - 1)
+        # The brute-force search keeps a running k-smallest per row in compiled code, about four
+        # times faster than a numpy partition of every row's distances to all reference rows.
+        search = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(self.reference)
+        nearest, _ = search.kneighbors(x)
+        # A row that is itself in the reference, or has an exact copy there, meets one zero
+        # distance. Dropping one zero treats such rows and their copies alike.
+        has_zero = nearest[:, 0] <= 1e-6
+        return np.where(has_zero, nearest[:, 1 : k + 1].mean(axis=1), nearest[:, :k].mean(axis=1))
 
 
 BUILTIN_DETECTORS: tuple[type[Detector], ...] = (
