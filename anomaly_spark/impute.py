@@ -20,13 +20,15 @@ from typing import Any, Iterable, cast
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel, keyword_only
+from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from .storage import storage_level
 
 __all__ = ["KMeansImputer", "KMeansImputerModel"]
 
@@ -201,7 +203,7 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         names = [f"__z{i}" for i in range(len(columns))]
         standardized = dataset.select(
             *[((_missing_as_null(c) - float(means[i])) / float(stds[i])).alias(names[i]) for i, c in enumerate(columns)]
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        ).persist(storage_level(rows, len(names)))
         try:
             centroids = self._cluster(standardized, names, rows)
             rounds_run = 0

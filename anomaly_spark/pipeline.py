@@ -16,6 +16,7 @@ from typing import Any, Callable, cast
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -129,6 +130,8 @@ class _Context:
     summary: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] | None = None
     retrain: dict[str, Any] | None = None
+    # Storage level of the flat snapshot's cache, which the later caches share.
+    cache_level: StorageLevel = field(default_factory=lambda: StorageLevel.MEMORY_AND_DISK)
 
 
 def run_analysis(
@@ -251,6 +254,7 @@ def _run_stages(context: _Context) -> Path:
         else:
             ingested = ingest_source(spark, config, context.run_id, context.output)
         counts.update(rows=ingested.rows, pages=ingested.pages)
+    context.cache_level = ingested.flat.storageLevel
     summary.update(
         dataset_key=ingested.dataset_key,
         source=ingested.source,
@@ -419,7 +423,8 @@ def _preprocess(context: _Context, selection: FeatureSelection) -> tuple[DataFra
     model = fit_preprocessing(selection.data, selection.features, context.config)
     model.write().overwrite().save(str(context.output / "models" / context.run_id / "preprocess"))
     prepared = model.transform(selection.data).drop("__assembled")
-    prepared = prepared.cache()
+    # The snapshot's storage level, chosen by its size, serves the caches derived from it.
+    prepared = prepared.persist(context.cache_level)
     info = preprocess_summary(model, context.config)
     info["missing_cells_filled"] = dict(selection.null_counts)
     info["model_path"] = str(context.output / "models" / context.run_id / "preprocess")
@@ -470,7 +475,7 @@ def _train_and_score(context: _Context, prepared: DataFrame, sample: EvaluationS
     derived: list[tuple[str, Callable[[list[np.ndarray]], np.ndarray], list[str]]] = []
     if consensus is not None and isinstance(consensus.model, ConsensusModel) and consensus.model.scores_locally:
         derived.append((consensus.score_column, consensus.model.combine, consensus.member_columns))
-    scored = score_columns(scored, local, derived).cache()
+    scored = score_columns(scored, local, derived).persist(context.cache_level)
     scored.count()
     if members and not local_consensus:
         scored, consensus, reason = build_consensus(scored, results, members, combination)

@@ -18,6 +18,7 @@ from pyspark.sql.utils import AnalysisException
 from ..config import Config
 from ..history import retry_on_write_conflict
 from ..logs import mask_secrets
+from ..storage import storage_level
 from .flatten import FlattenError, flatten_records
 from .http import ApiError, fetch_api_records
 
@@ -380,15 +381,18 @@ def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: 
     """Read one run's flattened rows back from the flat Delta table, with this run's columns only.
 
     The result has at least ``defaultParallelism`` partitions and is marked
-    for caching (memory, spilling to disk), so the stages after ingestion
-    read the Delta table once. The caller's first action fills the cache,
-    and ``unpersist`` releases it.
+    for caching, so the stages after ingestion read the Delta table once:
+    in memory with disk spill, or on local disk only for a frame larger
+    than :data:`~anomaly_spark.storage.MEMORY_CACHE_CELLS` cells. The
+    caller's first action fills the cache, and ``unpersist`` releases it.
     """
     table = spark.read.format("delta").load(str(output / "delta" / "flat"))
     snapshot = table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])
+    # Counting reads only the Parquet footers (or Delta's file statistics), not the column data.
+    rows = snapshot.count()
     # A small input is often one file, so one partition, and every later pass would run on one core.
     # Round-robin repartitioning sorts each input partition first, so the row order stays deterministic.
     parallelism = spark.sparkContext.defaultParallelism
     if snapshot.rdd.getNumPartitions() < parallelism:
         snapshot = snapshot.repartition(parallelism)
-    return snapshot.cache()
+    return snapshot.persist(storage_level(rows, len(columns) + 1))

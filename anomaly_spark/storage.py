@@ -1,0 +1,21 @@
+"""Storage level of the job's cached DataFrames, chosen by their size."""
+
+from __future__ import annotations
+
+from pyspark import StorageLevel
+
+__all__ = ["MEMORY_CACHE_CELLS", "storage_level"]
+
+# Cached frames with more cells (rows times columns) than this stay on local
+# disk. In memory with disk spill, a 1e7-row table of 22 columns ran a 4 GiB
+# local driver out of Java heap: Spark copies each spilled block back into the
+# heap when a pass reads it. Disk-only blocks are streamed from the local disk
+# (and the operating system's page cache) on each pass instead.
+MEMORY_CACHE_CELLS = 50_000_000
+
+
+def storage_level(rows: int, columns: int) -> StorageLevel:
+    """Return MEMORY_AND_DISK for a frame of up to ``MEMORY_CACHE_CELLS`` cells, else DISK_ONLY."""
+    if rows * max(columns, 1) > MEMORY_CACHE_CELLS:
+        return StorageLevel.DISK_ONLY
+    return StorageLevel.MEMORY_AND_DISK
