@@ -302,3 +302,14 @@ def test_knn_scores_equal_brute_force_distances() -> None:
     # A reference row meets itself at distance 0, which does not count as a neighbour.
     expected = np.concatenate([ordered[:20, 1:6].mean(axis=1), ordered[20:, :5].mean(axis=1)])
     assert np.allclose(model.score_matrix(queries), expected, atol=1e-9)
+
+
+def test_knn_reference_row_far_out_skips_itself() -> None:
+    # Far from the origin, dot-product distances leave many rows up to 1e-4 from themselves.
+    rng = np.random.default_rng(6)
+    reference = rng.normal(size=(500, 20)) * 50 + 1000
+    model = create_detector("knn_distance", {"k": 3, "reference_rows": 500}).fit_local(reference, seed=0)
+    distances = np.sqrt(((reference[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2))
+    expected = np.sort(distances, axis=1)[:, 1:4].mean(axis=1)
+    # A copy, because scikit-learn zeroes the diagonal when the query is the fitted array itself.
+    assert np.allclose(model.score_matrix(reference.copy()), expected, rtol=1e-9, atol=1e-6)

@@ -497,10 +497,12 @@ class NeighbourDistanceModel(MatrixModel):
         # The brute-force search keeps a running k-smallest per row in compiled code, about four
         # times faster than a numpy partition of every row's distances to all reference rows.
         search = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(self.reference)
-        nearest, _ = search.kneighbors(x)
+        nearest, index = search.kneighbors(x)
         # A row that is itself in the reference, or has an exact copy there, meets one zero
-        # distance. Dropping one zero treats such rows and their copies alike.
-        has_zero = nearest[:, 0] <= 1e-6
+        # distance. Dropping one zero treats such rows and their copies alike. The search
+        # computes distances from dot products, which leaves such a pair slightly apart
+        # (up to 2e-7 for standardized rows of 20 features), so the nearest pair is compared directly.
+        has_zero = np.all(x == self.reference[index[:, 0]], axis=1)
         return np.where(has_zero, nearest[:, 1 : k + 1].mean(axis=1), nearest[:, :k].mean(axis=1))
 
 
