@@ -40,8 +40,9 @@ def fit_feature_reference(x: np.ndarray, names: list[str]) -> FeatureReference:
     """Compute every feature's median and robust scale from a matrix of scaled feature vectors.
 
     The pipeline passes the training sample: every row of a small input, or
-    a uniform random sample of ``detection.max_train_rows`` rows, whose
-    quartiles are within a fraction of a percent in rank of those of all rows.
+    a uniform random sample of ``detection.max_train_rows`` rows. The rank
+    error of a sample quartile is about ``1 / sqrt(rows)``, an estimate of 0.3%
+    for 100,000 rows.
     """
     if x.ndim != 2 or x.shape[1] != len(names) or len(x) == 0:
         raise ValueError(f"the feature reference needs a non-empty matrix with {len(names)} columns, got shape {x.shape}")

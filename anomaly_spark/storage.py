@@ -9,8 +9,8 @@ __all__ = ["MEMORY_CACHE_CELLS", "storage_level"]
 # Cached frames with more cells (rows times columns) than this stay on local
 # disk. In memory with disk spill, a 1e7-row table of 22 columns ran a 4 GiB
 # local driver out of Java heap: Spark copies each spilled block back into the
-# heap when a pass reads it. Disk-only blocks are streamed from the local disk
-# (and the operating system's page cache) on each pass instead.
+# heap when a pass reads it. Disk-only blocks are read from the local disk (and
+# the operating system's page cache) on each pass and are not copied into storage memory.
 MEMORY_CACHE_CELLS = 50_000_000
 
 

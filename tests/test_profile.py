@@ -73,15 +73,15 @@ def test_profile_columns_passes_grow_per_group_of_columns(spark: Any) -> None:
         return len(context.statusTracker().getJobIdsForGroup(group))
 
     try:
-        one = count_jobs("profile-one-column", ["x0"])
-        every = count_jobs("profile-every-column", list(wide.columns))
+        single_column_jobs = count_jobs("profile-one-column", ["x0"])
+        all_column_jobs = count_jobs("profile-every-column", list(wide.columns))
     finally:
         context.setLocalProperty("spark.jobGroup.id", None)
         data.unpersist()
     # Counts and quartiles in one pass, moments in passes of 6 columns: 2 passes for one
     # column, 4 for 13. Adaptive query execution may run a pass's shuffle as a job of its own.
-    assert 2 <= one <= 4
-    assert 4 <= every <= 8
+    assert 2 <= single_column_jobs <= 4
+    assert 4 <= all_column_jobs <= 8
 
 
 def test_profile_constant_column_has_null_reasons(spark: Any) -> None:

@@ -1,4 +1,4 @@
-"""Built-in detectors. Each trains on a bounded sample and scores every row on the executors.
+"""Built-in detectors. Each trains on a bounded sample or on distributed quantiles and scores every row on the executors.
 
 Every detector except the empirical tails fits with scikit-learn or numpy on
 the training sample. That sample is every row of a small input, or a random
@@ -9,7 +9,7 @@ builds its per-column distributions from distributed quantiles over every
 row. Every fitted model scores a feature matrix with numpy, so the pipeline
 scores all of them in one ``mapInPandas`` pass over the rows.
 
-``fit`` takes a DataFrame and draws the sample itself; ``fit_local`` takes
+``fit`` takes a DataFrame and draws the sample itself. ``fit_local`` takes
 the matrix, and the stability metric refits through it on a subsample of
 the training sample.
 """

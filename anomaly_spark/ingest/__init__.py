@@ -388,7 +388,7 @@ def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: 
     """
     table = spark.read.format("delta").load(str(output / "delta" / "flat"))
     snapshot = table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])
-    # Counting reads only the Parquet footers (or Delta's file statistics), not the column data.
+    # A count needs no column values, so it reads far less than the passes that follow.
     rows = snapshot.count()
     # A small input is often one file, so one partition, and every later pass would run on one core.
     # Round-robin repartitioning sorts each input partition first, so the row order stays deterministic.
