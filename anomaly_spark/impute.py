@@ -1,13 +1,14 @@
 """KMeans-based missing-value fill as a Spark ML Estimator and Model.
 
-``KMeansImputer.fit`` standardises the features, seeds missing cells with
-column means and clusters them with scikit-learn's KMeans on the driver,
-every row of a small data set or a random sample of ``sampleRows`` rows of
-a larger one. It then refines the centroids on every row with Spark, for up
-to ``rounds`` passes. In each pass every row joins the
-centroid nearest on its observed features only, and each centroid becomes
-the mean of its members' observed values. ``KMeansImputerModel.transform`` fills every missing cell
-from the nearest centroid on the row's observed features. A row with no
+``KMeansImputer.fit`` computes column means and deviations in one Spark
+pass, then collects the standardised rows of a small data set, or a random
+sample of about ``sampleRows`` rows of a larger one, to the driver. There
+it seeds missing cells with column means, clusters the rows with
+scikit-learn's KMeans and refines the centroids for up to ``rounds``
+rounds: each row joins the centroid nearest on its observed features only,
+and each centroid becomes the mean of its members' observed values.
+``KMeansImputerModel.transform`` fills every missing cell from the nearest
+centroid on the row's observed features, on the executors. A row with no
 observed feature takes the column means; fit counts such rows and
 :meth:`KMeansImputerModel.summarizeMissing` counts them in any data set.
 """
@@ -28,7 +29,6 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .storage import storage_level
 
 __all__ = ["KMeansImputer", "KMeansImputerModel"]
 
@@ -45,7 +45,7 @@ class _KMeansImputerParams(Params):
     )
     k: Param[int] = Param(Params._dummy(), "k", "number of clusters (>= 1)", typeConverter=TypeConverters.toInt)
     rounds: Param[int] = Param(
-        Params._dummy(), "rounds", "maximum refinement passes on observed features (>= 0)", typeConverter=TypeConverters.toInt
+        Params._dummy(), "rounds", "maximum refinement rounds on observed features (>= 0)", typeConverter=TypeConverters.toInt
     )
     maxIter: Param[int] = Param(
         Params._dummy(), "maxIter", "maximum KMeans iterations of the start (>= 1)", typeConverter=TypeConverters.toInt
@@ -54,7 +54,7 @@ class _KMeansImputerParams(Params):
     sampleRows: Param[int] = Param(
         Params._dummy(),
         "sampleRows",
-        "rows of a random sample that the KMeans start is fitted on when the data has more (>= 1)",
+        "rows of a random sample that the centroids are fitted on when the data has more (>= 1)",
         typeConverter=TypeConverters.toInt,
     )
 
@@ -71,7 +71,7 @@ class _KMeansImputerParams(Params):
         return self.getOrDefault(self.k)
 
     def getRounds(self) -> int:
-        """Return the maximum number of refinement passes."""
+        """Return the maximum number of refinement rounds."""
         return self.getOrDefault(self.rounds)
 
     def getMaxIter(self) -> int:
@@ -83,7 +83,7 @@ class _KMeansImputerParams(Params):
         return self.getOrDefault(self.seed)
 
     def getSampleRows(self) -> int:
-        """Return the number of rows the KMeans start is fitted on at most (about, as a Bernoulli sample)."""
+        """Return the number of rows the centroids are fitted on at most (about, as a Bernoulli sample)."""
         return self.getOrDefault(self.sampleRows)
 
 
@@ -146,14 +146,14 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         Number of clusters. Fewer distinct rows than ``k`` (after the
         mean seeding of missing cells) lower it to that number.
     rounds : int, default=3
-        Maximum refinement passes that reassign rows on their observed
+        Maximum refinement rounds that reassign rows on their observed
         features. Fit skips them when the data has no missing cell and stops
         early once the centroids no longer move.
     maxIter : int, default=20
         Maximum iterations of the KMeans start.
     sampleRows : int, default=100000
-        The KMeans start is fitted on a random sample of about this many rows
-        when the data has more; the refinement passes cover every row.
+        The centroids are fitted on a random sample of about this many rows
+        when the data has more; ``transform`` fills every row.
     seed : int, default=42
         Seed of the KMeans initialisation.
 
@@ -200,23 +200,18 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         stds = np.asarray(stats["stds"], dtype=float)
         stds[~(stds > 0)] = 1.0
 
-        names = [f"__z{i}" for i in range(len(columns))]
-        standardized = dataset.select(
-            *[((_missing_as_null(c) - float(means[i])) / float(stds[i])).alias(names[i]) for i, c in enumerate(columns)]
-        ).persist(storage_level(rows, len(names)))
-        try:
-            centroids = self._cluster(standardized, names, rows)
-            rounds_run = 0
-            if stats["missing_cells"] > 0:
-                for _ in range(self.getRounds()):
-                    updated = _refine(standardized, names, centroids)
-                    rounds_run += 1
-                    shift = float(np.max(np.abs(updated - centroids)))
-                    centroids = updated
-                    if shift <= _REFINE_TOLERANCE:
-                        break
-        finally:
-            standardized.unpersist()
+        x = self._fit_rows(dataset, columns, means, stds, rows)
+        observed = ~np.isnan(x)
+        centroids = _kmeans_start(np.where(observed, x, 0.0), min(self.getK(), rows), self.getMaxIter(), self.getSeed())
+        rounds_run = 0
+        if stats["missing_cells"] > 0 and len(x):
+            for _ in range(self.getRounds()):
+                updated = _refine(x, observed, centroids)
+                rounds_run += 1
+                shift = float(np.max(np.abs(updated - centroids)))
+                centroids = updated
+                if shift <= _REFINE_TOLERANCE:
+                    break
         logger.info(
             "KMeans fill fitted on %d rows: %d centroid(s), %d refinement round(s), %d missing cell(s), %d row(s) with no observed feature",
             rows,
@@ -244,32 +239,32 @@ class KMeansImputer(Estimator["KMeansImputerModel"], _KMeansImputerParams, Defau
         )
         return model
 
-    def _cluster(self, standardized: DataFrame, names: list[str], rows: int) -> np.ndarray:
-        """Cluster the mean-seeded standardised rows, or a sample of them, on the driver and return the centres."""
-        k = min(self.getK(), rows)
-        if k == 1:
-            # The one centre of mean-seeded standardised data is the origin.
-            return np.zeros((1, len(names)))
+    def _fit_rows(self, dataset: DataFrame, columns: list[str], means: np.ndarray, stds: np.ndarray, rows: int) -> np.ndarray:
+        """Collect the standardised rows, or a random sample of them, with NaN where a cell is missing."""
         if rows > self.getSampleRows():
             # The centres of k clusters need far fewer rows than millions.
-            standardized = standardized.sample(fraction=self.getSampleRows() / rows, seed=self.getSeed())
-        seeded = cast(pd.DataFrame, standardized.select(*[F.coalesce(F.col(n), F.lit(0.0)).alias(n) for n in names]).toPandas())
-        x = seeded.to_numpy(dtype=float)
-        if len(x) == 0:
-            return np.zeros((1, len(names)))
-        return _kmeans(x, k, self.getMaxIter(), self.getSeed())
+            dataset = dataset.sample(fraction=self.getSampleRows() / rows, seed=self.getSeed())
+        names = [f"__z{i}" for i in range(len(columns))]
+        standardized = dataset.select(
+            *[((_missing_as_null(c) - float(means[i])) / float(stds[i])).alias(names[i]) for i, c in enumerate(columns)]
+        )
+        frame = cast(pd.DataFrame, standardized.toPandas())
+        return frame.to_numpy(dtype=float, na_value=np.nan).reshape(len(frame), len(names))
 
 
-def _kmeans(x: np.ndarray, k: int, max_iter: int, seed: int) -> np.ndarray:
-    """Return the centres of scikit-learn's KMeans (one k-means++ start), at most one per distinct row."""
+def _kmeans_start(seeded: np.ndarray, k: int, max_iter: int, seed: int) -> np.ndarray:
+    """Return the centres of scikit-learn's KMeans (one k-means++ start) on mean-seeded rows, at most one per distinct row."""
     from sklearn.cluster import KMeans
 
-    distinct = np.unique(x, axis=0)
+    if k <= 1 or len(seeded) == 0:
+        # The one centre of mean-seeded standardised data is the origin.
+        return np.zeros((1, seeded.shape[1]))
+    distinct = np.unique(seeded, axis=0)
     if len(distinct) <= k:
         return distinct
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = KMeans(n_clusters=k, max_iter=max_iter, n_init=1, random_state=seed).fit(x)
+        model = KMeans(n_clusters=k, max_iter=max_iter, n_init=1, random_state=seed).fit(seeded)
     return np.unique(np.asarray(model.cluster_centers_, dtype=float), axis=0)
 
 
@@ -299,33 +294,17 @@ def _column_statistics(dataset: DataFrame, columns: list[str]) -> dict[str, Any]
     }
 
 
-def _refine(standardized: DataFrame, names: list[str], centroids: np.ndarray) -> np.ndarray:
-    """Run one pass: assign rows on observed features, then average observed values per cluster.
+def _refine(z: np.ndarray, observed: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Run one refinement round: assign rows on observed features, then average observed values per cluster.
 
-    Each partition returns one row of per-cluster sums and counts, so a
-    pass is one Spark job without a shuffle. A cluster feature with no
-    observed member value keeps its previous centroid value.
+    A cluster feature with no observed member value keeps its previous centroid value.
     """
     k, d = centroids.shape
-    current = centroids
-
-    def accumulate(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-        sums = np.zeros((k, d))
-        counts = np.zeros((k, d))
-        for batch in batches:
-            z = batch[names].to_numpy(dtype=float)
-            observed = ~np.isnan(z)
-            nearest = _nearest_centroid(z, observed, current)
-            np.add.at(sums, nearest, np.where(observed, z, 0.0))
-            np.add.at(counts, nearest, observed.astype(float))
-        yield pd.DataFrame({"sums": [sums.ravel()], "counts": [counts.ravel()]})
-
-    parts = standardized.mapInPandas(accumulate, "sums array<double>, counts array<double>").collect()
+    nearest = _nearest_centroid(z, observed, centroids)
     sums = np.zeros((k, d))
     counts = np.zeros((k, d))
-    for part in parts:
-        sums += np.asarray(part["sums"], dtype=float).reshape(k, d)
-        counts += np.asarray(part["counts"], dtype=float).reshape(k, d)
+    np.add.at(sums, nearest, np.where(observed, z, 0.0))
+    np.add.at(counts, nearest, observed.astype(float))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1.0), centroids)
 
@@ -344,7 +323,7 @@ class KMeansImputerModel(Model, _KMeansImputerParams, DefaultParamsReadable["KMe
     centroids : list of list of float
         Cluster centres in standardised units, one list per cluster.
     roundsRun : int
-        Refinement passes that fit ran.
+        Refinement rounds that fit ran.
     trainingRows, trainingMissingCells, trainingAllMissingRows : int
         Rows, missing cells and rows with no observed feature in the fit data.
     """
@@ -352,7 +331,7 @@ class KMeansImputerModel(Model, _KMeansImputerParams, DefaultParamsReadable["KMe
     means: Param[list[float]] = Param(Params._dummy(), "means", "column means", typeConverter=TypeConverters.toListFloat)
     stds: Param[list[float]] = Param(Params._dummy(), "stds", "column standard deviations", typeConverter=TypeConverters.toListFloat)
     centroids: Param[list[list[float]]] = Param(Params._dummy(), "centroids", "cluster centres in standardised units")
-    roundsRun: Param[int] = Param(Params._dummy(), "roundsRun", "refinement passes run by fit", typeConverter=TypeConverters.toInt)
+    roundsRun: Param[int] = Param(Params._dummy(), "roundsRun", "refinement rounds run by fit", typeConverter=TypeConverters.toInt)
     trainingRows: Param[int] = Param(Params._dummy(), "trainingRows", "rows in the fit data", typeConverter=TypeConverters.toInt)
     trainingMissingCells: Param[int] = Param(
         Params._dummy(), "trainingMissingCells", "missing cells in the fit data", typeConverter=TypeConverters.toInt
@@ -372,7 +351,7 @@ class KMeansImputerModel(Model, _KMeansImputerParams, DefaultParamsReadable["KMe
         return self.getOrDefault(self.centroids)
 
     def getRoundsRun(self) -> int:
-        """Return the number of refinement passes that fit ran."""
+        """Return the number of refinement rounds that fit ran."""
         return self.getOrDefault(self.roundsRun)
 
     def getTrainingAllMissingRows(self) -> int:

@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Raised whenever the fill or scaling changes the numbers a fitted pipeline produces.
-PREPROCESS_VERSION = "2"
+PREPROCESS_VERSION = "3"
 _ASSEMBLED = "__assembled"
 # Interquartile range of a standard normal distribution: a fallback scale of
 # 1.349 standard deviations keeps robust-scaled units close to IQR units.

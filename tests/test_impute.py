@@ -84,7 +84,7 @@ def test_imputer_sampled_start_fills_as_well(spark: Any) -> None:
         frame.loc[row, features[row % 4]] = np.nan
     missing = frame[features].isna().to_numpy()
 
-    # The KMeans start is fitted on about 150 of the 2000 rows, and the refinement passes use all of them.
+    # The centroids are fitted on about 150 of the 2000 rows, and every row is filled.
     sampled = KMeansImputer(inputCols=features, k=3, seed=1, sampleRows=150).fit(_frame(spark, frame))
     filled = _collect(sampled.transform(_frame(spark, frame)), features)[features].to_numpy()
 

@@ -286,38 +286,30 @@ class SklearnScoreModel(MatrixModel):
 class EmpiricalTails(Detector):
     """Empirical tail probabilities per feature, summed over features, in the manner of ECOD.
 
-    Each feature's distribution comes from Spark's ``approxQuantile`` at
-    ``quantiles`` probabilities (relative rank error ``1 / accuracy``),
-    computed for all features in one call; skewness comes from one more
-    aggregation. A row's score is the larger of
-    the summed left-tail, right-tail and skewness-chosen-tail values of
-    ``-log(tail probability)`` (Li et al., ECOD, IEEE TKDE 2022).
+    Each feature's distribution is stored as its quantiles at ``quantiles``
+    probabilities, taken with skewness from every row or from a random
+    sample of ``detection.max_train_rows`` rows of a larger input. A row's
+    score is the larger of the summed left-tail, right-tail and
+    skewness-chosen-tail values of ``-log(tail probability)`` (Li et al.,
+    ECOD, IEEE TKDE 2022).
     """
 
     name = "empirical_tails"
     params_spec = {
         "quantiles": ParamSpec(int, 256, 16, 10_000, doc="probabilities at which each feature's distribution is stored", grid=(64, 256, 1024)),
-        "accuracy": ParamSpec(int, 1000, 100, 1_000_000, doc="quantile accuracy (relative rank error 1/accuracy)"),
     }
+    trains_on_sample = True
 
     def fit(self, df: DataFrame, seed: int, max_train_rows: int) -> DetectorModel:
-        """Compute the per-feature quantiles with one ``approxQuantile`` call, then skewness and row count in one aggregation."""
-        params = self.validated_params()
-        dims = _feature_count(df)
-        count = params["quantiles"]
-        probabilities = [(i + 0.5) / count for i in range(count)]
-        columns = [f"__f{j}" for j in range(dims)]
-        values = df.select(vector_to_array(F.col(FEATURES)).alias("__x")).select(*[F.col("__x")[j].alias(c) for j, c in enumerate(columns)])
-        quantiles = values.approxQuantile(columns, probabilities, 1.0 / params["accuracy"])
-        stats = values.agg(F.count(F.lit(1)).alias("rows"), *[F.skewness(c).alias(c) for c in columns]).first()
-        assert stats is not None
-        cutpoints = np.array(quantiles, dtype=float)
-        skewness = np.array([0.0 if stats[c] is None else float(stats[c]) for c in columns])
-        return EmpiricalTailsModel(self.name, params, cutpoints, np.array(probabilities), np.nan_to_num(skewness), int(stats["rows"]))
+        """Fit on every row, or on a random sample of ``max_train_rows`` rows of a larger input."""
+        self.validated_params()
+        return self.fit_local(training_sample(df, max_train_rows, seed), seed)
 
     def fit_local(self, x: np.ndarray, seed: int) -> DetectorModel:
-        """Compute the same per-feature quantiles and skewness with numpy on a driver-held matrix."""
+        """Compute the per-feature quantiles and skewness with numpy on a driver-held matrix."""
         params = self.validated_params()
+        if len(x) == 0:
+            raise ValueError(f"{self.name}: no rows to fit; the prepared data set is empty")
         count = params["quantiles"]
         probabilities = np.array([(i + 0.5) / count for i in range(count)])
         cutpoints = np.quantile(x, probabilities, axis=0, method="inverted_cdf").T
