@@ -11,11 +11,12 @@ Three comparisons make up ``drift.json``:
   ``delta/flat``;
 * schema: columns added, removed or changed in type since the previous run.
 
-Feature statistics come from two Spark aggregations over both runs' rows
-together, whatever the number of columns: one for non-null counts,
-moments and percentiles (``percentile_approx``), one for bucket counts on
-a grid made of both runs' percentiles. Only those summaries reach the
-driver.
+Feature statistics come from two Spark aggregations, whatever the number
+of columns: one for non-null counts, moments and percentiles
+(``percentile_approx``), one for bucket counts of both runs' rows on a
+grid made of both runs' percentiles. The first covers only the baseline
+run when the validation profile measured this run's columns already. Only
+those summaries reach the driver.
 """
 
 from __future__ import annotations
@@ -35,8 +36,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .history import previous_successful_runs
+from .profile import PERCENTILE_GRID, QUANTILE_ACCURACY
 
-__all__ = ["DriftSettings", "compute_drift", "column_schema", "ks_critical_value", "ks_p_value", "population_stability_index"]
+__all__ = [
+    "DriftSettings",
+    "compute_drift",
+    "column_schema",
+    "ks_critical_value",
+    "ks_p_value",
+    "population_stability_index",
+    "profiles_from_validation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +54,7 @@ logger = logging.getLogger(__name__)
 _BOOKKEEPING_COLUMNS = {"run_id", "ingested_at", "_row_id"}
 _NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType, T.BooleanType)
 # Percentiles 1..99 of each run form the evaluation grid of the KS statistic.
-_GRID_PROBABILITIES = [i / 100 for i in range(1, 100)]
+_GRID_PROBABILITIES = PERCENTILE_GRID
 # Proportions below this floor count as the floor in the PSI sum, so an empty bin gives a finite term.
 _PSI_FLOOR = 1e-4
 # Fields of the previous successful run copied into drift.json for the retraining rules.
@@ -249,29 +259,68 @@ def _finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _side_profile(
+    rows: int, non_null: int, minimum: Any, maximum: Any, mean: Any, stddev: Any, percentiles: Sequence[Any] | None
+) -> dict[str, Any]:
+    """Return one run's profile of one column, as drift.json records it (``_quantiles`` is dropped there)."""
+    quantiles = [float(q) for q in (percentiles or []) if q is not None and math.isfinite(float(q))]
+    complete = bool(non_null) and len(quantiles) == len(_GRID_PROBABILITIES)
+    return {
+        "rows": rows,
+        "non_null": non_null,
+        "null": rows - non_null,
+        "min": _finite_or_none(minimum),
+        "max": _finite_or_none(maximum),
+        "mean": _finite_or_none(mean),
+        "stddev": _finite_or_none(stddev),
+        "p05": quantiles[4] if complete else None,
+        "p50": quantiles[49] if complete else None,
+        "p95": quantiles[94] if complete else None,
+        "_quantiles": quantiles if non_null else [],
+    }
+
+
 def _profiles(frame: DataFrame, columns: list[str], accuracy: int) -> dict[str, dict[str, dict[str, Any]]]:
     """Return ``{side: {column: profile}}`` from one aggregation grouped by side."""
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for row in frame.groupBy("_side").agg(*_profile_aggregates(columns, accuracy)).collect():
-        side: dict[str, dict[str, Any]] = {}
-        for index, name in enumerate(columns):
-            quantiles = [float(q) for q in (row[f"q{index}"] or []) if q is not None and math.isfinite(float(q))]
-            count = int(row[f"n{index}"] or 0)
-            side[name] = {
-                "rows": int(row["rows"]),
-                "non_null": count,
-                "null": int(row["rows"]) - count,
-                "min": _finite_or_none(row[f"min{index}"]),
-                "max": _finite_or_none(row[f"max{index}"]),
-                "mean": _finite_or_none(row[f"mean{index}"]),
-                "stddev": _finite_or_none(row[f"std{index}"]),
-                "p05": quantiles[4] if count and len(quantiles) == 99 else None,
-                "p50": quantiles[49] if count and len(quantiles) == 99 else None,
-                "p95": quantiles[94] if count and len(quantiles) == 99 else None,
-                "_quantiles": quantiles if count else [],
-            }
-        result[str(row["_side"])] = side
+        result[str(row["_side"])] = {
+            name: _side_profile(
+                int(row["rows"]),
+                int(row[f"n{index}"] or 0),
+                row[f"min{index}"],
+                row[f"max{index}"],
+                row[f"mean{index}"],
+                row[f"std{index}"],
+                row[f"q{index}"],
+            )
+            for index, name in enumerate(columns)
+        }
     return result
+
+
+def profiles_from_validation(
+    schema: dict[str, Any], percentiles: dict[str, list[float | None]], changed: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Return this run's drift profiles of the numeric columns that the validation profile measured.
+
+    The validation profile reads every numeric column as double with NaN
+    as missing, as drift does, at accuracy ``QUANTILE_ACCURACY``. Columns in
+    ``changed`` (cells replaced by sentinel rules) hold other values than
+    the flat table that drift reads, so they are left out.
+    """
+    rows = int(schema["rows"])
+    profiles: dict[str, dict[str, Any]] = {}
+    for name, column in schema["columns"].items():
+        if column.get("kind") != "numeric" or name in changed:
+            continue
+        non_null = rows - int(column["null_count"])
+        if non_null and name not in percentiles:
+            continue
+        profiles[name] = _side_profile(
+            rows, non_null, column.get("min"), column.get("max"), column.get("mean"), column.get("stddev"), percentiles.get(name)
+        )
+    return profiles
 
 
 def _bucket_counts(frame: DataFrame, grids: dict[int, list[float]]) -> dict[tuple[str, int], dict[int, int]]:
@@ -479,6 +528,7 @@ def compute_drift(
     flagged: int,
     rows_scored: int,
     settings: DriftSettings,
+    current_profiles: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Compare this run with the earlier successful runs of ``dataset_key`` and return the drift document.
 
@@ -490,6 +540,10 @@ def compute_drift(
         This run's ``features.json`` content (``selected`` and ``excluded``).
     flagged, rows_scored : int
         Rows the chosen model flagged, and rows scored.
+    current_profiles : dict, optional
+        Profiles of this run's columns measured already
+        (:func:`profiles_from_validation`); they are not measured again
+        when ``drift.quantile_accuracy`` is ``QUANTILE_ACCURACY``.
 
     Returns
     -------
@@ -515,8 +569,11 @@ def compute_drift(
         },
     }
     baseline_runs = previous_successful_runs(spark, output, dataset_key, run_id, started_at, settings.baseline_runs)
+    known = (current_profiles or {}) if settings.quantile_accuracy == QUANTILE_ACCURACY else {}
     if not baseline_runs:
-        profiles = _profiles(_numeric_frame(current, _CURRENT_SIDE, selected), selected, settings.quantile_accuracy) if selected else {}
+        unknown = [name for name in selected if name not in known]
+        measured = _profiles(_numeric_frame(current, _CURRENT_SIDE, unknown), unknown, settings.quantile_accuracy) if unknown else {}
+        current_side = {**measured.get(_CURRENT_SIDE, {}), **{name: known[name] for name in selected if name in known}}
         document.update(
             verdict="no baseline",
             drift_detected=False,
@@ -527,7 +584,7 @@ def compute_drift(
             skipped=[],
             drifted_columns=[],
             schema={"columns": schema_columns, "comparison": None},
-            profile={name: _public_profile(p) for name, p in profiles.get(_CURRENT_SIDE, {}).items()},
+            profile={name: _public_profile(current_side[name]) for name in selected if name in current_side},
         )
         logger.info("drift: no earlier successful run of %s, so there is no baseline", dataset_key)
         return document
@@ -560,7 +617,11 @@ def compute_drift(
     profiled = selected + [name for name in present if name not in selected]
     baseline_rows = spark.read.format("delta").load(str(output / "delta" / "flat")).filter(F.col("run_id") == previous_id)
     both = _numeric_frame(current, _CURRENT_SIDE, profiled).unionByName(_numeric_frame(baseline_rows, _BASELINE_SIDE, profiled))
-    profiles = _profiles(both, profiled, settings.quantile_accuracy)
+    if all(name in known for name in profiled):
+        profiles = _profiles(_numeric_frame(baseline_rows, _BASELINE_SIDE, profiled), profiled, settings.quantile_accuracy)
+        profiles[_CURRENT_SIDE] = {name: known[name] for name in profiled}
+    else:
+        profiles = _profiles(both, profiled, settings.quantile_accuracy)
 
     comparable: list[str] = []
     for name in candidates if previous_features is not None else []:

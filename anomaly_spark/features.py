@@ -13,6 +13,7 @@ from pyspark.sql import types as T
 
 from .config import Config
 from .ingest import ROW_ID
+from .profile import QUANTILE_ACCURACY
 
 __all__ = ["FeatureError", "FeatureSelection", "select_features", "feature_summary", "LABEL"]
 
@@ -85,7 +86,7 @@ def _as_double(name: str, data_type: T.DataType, null_values: list[str]) -> Colu
     return F.when(text.isin(*null_values) if null_values else F.lit(False), placeholders).otherwise(parsed)
 
 
-def select_features(df: DataFrame, config: Config) -> FeatureSelection:
+def select_features(df: DataFrame, config: Config, profile: dict[str, Any] | None = None) -> FeatureSelection:
     """Choose numeric features in one distributed pass and cast them to double.
 
     A numeric column is kept unless it is all null, constant or
@@ -96,6 +97,10 @@ def select_features(df: DataFrame, config: Config) -> FeatureSelection:
     ``features.min_numeric_share`` of its non-empty values parse as numbers;
     the others become null and are counted. ``features.include`` and
     ``features.exclude`` override the automatic choice.
+
+    ``profile`` is the validation profile of the same rows
+    (:func:`~anomaly_spark.profile.profile_columns`); numeric columns then
+    take their counts, range and quartiles from it instead of a new pass.
     """
     label_column = config.get("source.label_column") or None
     id_column = config.get("source.id_column") or None
@@ -135,7 +140,7 @@ def select_features(df: DataFrame, config: Config) -> FeatureSelection:
             candidates.append(name)
 
     as_double = {name: _as_double(name, types[name], null_values) for name in candidates}
-    stats = _column_stats(df, candidates, types, as_double, null_values, float(config.get("features.near_constant_share")))
+    stats = _column_stats(df, candidates, types, as_double, null_values, float(config.get("features.near_constant_share")), profile)
     total = stats.rows
     identifiers = _identifier_columns(df, stats, config) if config.get("features.exclude_identifiers") else {}
 
@@ -190,6 +195,10 @@ class _Stats:
     columns: dict[str, dict[str, Any]]
 
 
+# Rank error of the quartiles that shortlist near-constant columns, the same as the validation profile's.
+_QUARTILE_RANK_ERROR = 1 / QUANTILE_ACCURACY
+
+
 def _column_stats(
     df: DataFrame,
     candidates: list[str],
@@ -197,11 +206,57 @@ def _column_stats(
     as_double: dict[str, Column],
     null_values: list[str],
     near_constant_share: float,
+    profile: dict[str, Any] | None = None,
 ) -> _Stats:
-    """Compute per candidate column the counts, range, central quantiles and distinct estimate, in one pass."""
-    low = 1.0 - near_constant_share
+    """Compute per candidate column the counts, range, distinct estimate and near-constant value.
+
+    Numeric columns take their statistics from ``profile`` (the validation
+    profile of the same rows) when it is given; the other candidates share
+    one aggregation pass. A near-constant column is then confirmed exactly
+    by counting its median value, in one more pass over the shortlisted
+    columns only.
+    """
+    profiled = profile["columns"] if profile is not None else {}
+    profiled_rows = int(profile["rows"]) if profile is not None else 0
+    columns: dict[str, dict[str, Any]] = {}
+    for name in candidates:
+        entry = profiled.get(name)
+        if entry is not None and isinstance(types[name], _NUMERIC) and entry.get("kind") == "numeric":
+            present = profiled_rows - int(entry["null_count"])
+            quartiles = entry.get("quartiles") or {}
+            if present and (entry.get("min") is None or entry.get("max") is None or entry.get("integer") is None):
+                continue  # an infinite minimum or maximum, or no integer check: the aggregation pass counts it
+            columns[name] = {
+                "is_text": False,
+                "present": present,
+                "parsed": present,
+                "min": entry.get("min"),
+                "max": entry.get("max"),
+                "distinct": int(entry.get("approx_distinct") or 0),
+                "integer": bool(entry.get("integer", True)),
+                "quartiles": [quartiles.get("q1"), quartiles.get("median"), quartiles.get("q3")] if quartiles else None,
+            }
+    rest = [name for name in candidates if name not in columns]
+    rows = profiled_rows
+    if rest or profile is None:
+        rows = _aggregate_stats(df, rest, types, as_double, null_values, near_constant_share < 1.0, columns)
+    if near_constant_share < 1.0:
+        _confirm_near_constant(df, as_double, columns, 2 * near_constant_share - 1)
+    return _Stats(rows=rows, columns=columns)
+
+
+def _aggregate_stats(
+    df: DataFrame,
+    names: list[str],
+    types: dict[str, T.DataType],
+    as_double: dict[str, Column],
+    null_values: list[str],
+    quartiles: bool,
+    columns: dict[str, dict[str, Any]],
+) -> int:
+    """Add the statistics of ``names`` to ``columns`` in one pass and return the row count."""
     aggregates: list[Column] = [F.count(F.lit(1)).alias("__rows")]
-    for index, name in enumerate(candidates):
+    for index, name in enumerate(names):
         value = as_double[name]
         original_present = _quoted(name).isNotNull()
         if not isinstance(types[name], (_NUMERIC, T.BooleanType)) and null_values:
@@ -214,13 +269,11 @@ def _column_stats(
             F.approx_count_distinct(value).alias(f"distinct{index}"),
             F.sum(F.when(value != F.floor(value), 1).otherwise(0)).alias(f"fractional{index}"),
         ]
-        if near_constant_share < 1.0:
-            aggregates.append(F.percentile_approx(value, [low, near_constant_share], 10_000).alias(f"central{index}"))
+        if quartiles:
+            aggregates.append(F.percentile_approx(value, [0.25, 0.5, 0.75], QUANTILE_ACCURACY).alias(f"q{index}"))
     row = df.agg(*aggregates).first()
     assert row is not None
-    columns: dict[str, dict[str, Any]] = {}
-    for index, name in enumerate(candidates):
-        central = row[f"central{index}"] if near_constant_share < 1.0 else None
+    for index, name in enumerate(names):
         columns[name] = {
             "is_text": not isinstance(types[name], (_NUMERIC, T.BooleanType)),
             "present": int(row[f"present{index}"] or 0),
@@ -229,9 +282,37 @@ def _column_stats(
             "max": row[f"max{index}"],
             "distinct": int(row[f"distinct{index}"] or 0),
             "integer": int(row[f"fractional{index}"] or 0) == 0,
-            "central": list(central) if central is not None else None,
+            "quartiles": list(row[f"q{index}"]) if quartiles and row[f"q{index}"] is not None else None,
         }
-    return _Stats(rows=int(row["__rows"]), columns=columns)
+    return int(row["__rows"])
+
+
+def _confirm_near_constant(df: DataFrame, as_double: dict[str, Column], columns: dict[str, dict[str, Any]], share: float) -> None:
+    """Set ``near_constant`` to the value that makes up at least ``share`` of a column's values, or None.
+
+    A value that makes up more than half of the values is the median. When
+    it makes up at least ``share`` of them, with ``share`` above 3/4, the
+    approximate quartiles equal it as well, so only columns with equal
+    quartiles are counted. Below 3/4 every column is counted.
+    """
+    shortlist_by_quartiles = share >= 0.75 + 2 * _QUARTILE_RANK_ERROR
+    counted: dict[str, float] = {}
+    for name, column in columns.items():
+        column["near_constant"] = None
+        q = column.get("quartiles")
+        if not column["parsed"] or column["min"] == column["max"] or not q or q[1] is None:
+            continue
+        if shortlist_by_quartiles and q[0] != q[2]:
+            continue
+        counted[name] = float(q[1])
+    if not counted:
+        return
+    names = list(counted)
+    row = df.agg(*[F.sum((as_double[n] == F.lit(counted[n])).cast("long")).alias(f"equal{i}") for i, n in enumerate(names)]).first()
+    assert row is not None
+    for index, name in enumerate(names):
+        if int(row[f"equal{index}"] or 0) >= share * columns[name]["parsed"]:
+            columns[name]["near_constant"] = counted[name]
 
 
 def _exclusion(
@@ -252,10 +333,9 @@ def _exclusion(
         )
     if column["min"] == column["max"]:
         return "constant", f"constant (every value is {column['min']})"
-    central = column["central"]
-    if central is not None and central[0] == central[1]:
+    if column.get("near_constant") is not None:
         return "near_constant", (
-            f"near-constant (at least {2 * near_constant_share - 1:.3f} of the values equal {central[0]}; "
+            f"near-constant (at least {2 * near_constant_share - 1:.3f} of the values equal {column['near_constant']}; "
             f"features.near_constant_share={near_constant_share})"
         )
     if identifier_reason:
@@ -275,7 +355,6 @@ def _identifier_columns(df: DataFrame, stats: _Stats, config: Config) -> dict[st
     first ``_IDENTIFIER_SAMPLE_ROWS`` rows in ``_row_id`` order, for all
     suspects in one Spark job.
     """
-    near_constant_share = float(config.get("features.near_constant_share"))
     suspects: dict[str, dict[str, Any]] = {}
     for name, column in stats.columns.items():
         parsed = column["parsed"]
@@ -283,7 +362,7 @@ def _identifier_columns(df: DataFrame, stats: _Stats, config: Config) -> dict[st
             continue
         if column["distinct"] < 0.9 * parsed:
             continue
-        if column["central"] is not None and column["central"][0] == column["central"][1] and near_constant_share < 1.0:
+        if column.get("near_constant") is not None:
             continue
         suspects[name] = column
     if not suspects:

@@ -28,7 +28,7 @@ from .detectors._spark import score_columns, subsample, training_sample
 from .evaluate import METRIC_DIRECTIONS, EvaluationSample, ModelResult, evaluate_models, make_evaluation_sample
 from .explain import TOP_FEATURES, fit_feature_reference, top_features_expression
 from .features import LABEL, FeatureSelection, feature_summary, select_features
-from .drift import DriftSettings, compute_drift
+from .drift import DriftSettings, compute_drift, profiles_from_validation
 from .history import CHOSEN_METRIC_PREFIX, append_metrics, previous_successful_runs, retry_on_write_conflict
 from .ingest import ROW_ID, IngestResult, dataset_key_for, ingest_source
 from .ingest.http import ApiError, check_no_inline_secrets
@@ -276,7 +276,9 @@ def _run_stages(context: _Context) -> Path:
     _record_validation(context, validation)
 
     with stage(logger, "features", timings) as counts:
-        selection = select_features(validation.data, config)
+        # The validation profile describes these rows unless duplicates were dropped since.
+        profile = validation.schema if not validation.duplicates_dropped else None
+        selection = select_features(validation.data, config, profile)
         check_feature_count(validation, len(selection.features))
         counts.update(rows=validation.rows_out, selected=len(selection.features), excluded=len(selection.excluded))
     summary["features"] = feature_summary(selection)
@@ -340,7 +342,8 @@ def _run_stages(context: _Context) -> Path:
     _summarise_models(context, results, best, rows_scored, rationale, trusted)
 
     with stage(logger, "drift", timings) as counts:
-        _assess_drift(context, ingested, best)
+        measured = profiles_from_validation(validation.schema, validation.percentiles, list(validation.sentinel_cells))
+        _assess_drift(context, ingested, best, measured)
         counts.update(
             rows=rows_scored,
             verdict=(context.drift or {}).get("verdict"),
@@ -357,12 +360,13 @@ def _run_stages(context: _Context) -> Path:
     return report_path
 
 
-def _assess_drift(context: _Context, ingested: IngestResult, best: ModelResult) -> None:
+def _assess_drift(context: _Context, ingested: IngestResult, best: ModelResult, profiles: dict[str, dict[str, Any]]) -> None:
     """Write drift.json and put the drift verdict and the retraining advice into the summary.
 
-    A failure of the drift computation itself (for example unreadable
-    baseline rows) is logged, recorded in errors.jsonl and drift.json, and
-    does not fail the run.
+    ``profiles`` are this run's column profiles from validation, which the
+    drift comparison does not measure again. A failure of the drift
+    computation itself (for example unreadable baseline rows) is logged,
+    recorded in errors.jsonl and drift.json, and does not fail the run.
     """
     summary, config = context.summary, context.config
     settings = DriftSettings.from_section(config.section("drift"))
@@ -379,6 +383,7 @@ def _assess_drift(context: _Context, ingested: IngestResult, best: ModelResult) 
             summary["anomalies_flagged"],
             summary["rows_scored"],
             settings,
+            profiles,
         )
     except Exception as exc:  # drift is advice on top of a finished analysis; keep the run's results
         logger.error("drift computation failed for run %s: %s: %s", context.run_id, type(exc).__name__, exc)

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from scipy import stats as scipy_stats
 
-__all__ = ["profile_columns", "feature_statistics", "constant_columns"]
+__all__ = ["PERCENTILE_GRID", "QUANTILE_ACCURACY", "profile_columns", "feature_statistics", "constant_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,12 @@ _TEXT = (T.StringType, T.VarcharType, T.CharType)
 # (skew and kurtosis) is only valid from 20 values.
 _MIN_SKEW_TEST = 8
 _MIN_NORMALITY_TEST = 20
-# Profile quartiles use percentile_approx with this accuracy (rank error about 1/accuracy);
+# Profile percentiles use percentile_approx with this accuracy (rank error about 1/accuracy);
 # 10,000 took 8.4 s against 5.0 s on 22 columns of 1e6 rows.
-_QUANTILE_ACCURACY = 1_000
+QUANTILE_ACCURACY = 1_000
+# Percentiles 1 to 99 of every numeric column, read from the sketch that gives the quartiles.
+PERCENTILE_GRID = [i / 100 for i in range(1, 100)]
+_QUARTILE_INDEXES = (24, 49, 74)
 # Numeric columns whose moments share one aggregation pass. Spark compiles a
 # pass into one Java method, and past about 40 moment aggregates that method is
 # too large for the JIT compiler, so it runs interpreted. Seven such aggregates
@@ -93,8 +96,11 @@ def profile_columns(
         temporal or other), ``null_count``, ``null_share``,
         ``approx_distinct`` (HyperLogLog++, 5% relative standard deviation)
         and, where they apply, ``min``, ``max``, ``mean``, ``stddev``
-        (sample), ``quartiles`` (approximate), ``skewness`` and
-        ``kurtosis`` (excess, so 0 for a normal distribution).
+        (sample), ``quartiles`` (approximate), ``skewness``, ``kurtosis``
+        (excess, so 0 for a normal distribution) and ``integer`` (every
+        value is a whole number). ``percentiles`` contains the approximate
+        percentiles 1 to 99 (``PERCENTILE_GRID``) of every numeric column
+        with a value.
         A statistic that cannot be computed is null and
         ``null_reasons`` gives the reason. NaN counts as missing.
     """
@@ -117,6 +123,11 @@ def profile_columns(
     rows = int(row["rows"])
     profiles = {name: _column_profile(index, types[name], row, rows) for index, name in enumerate(columns)}
     result: dict[str, Any] = {"rows": rows, "columns": profiles}
+    result["percentiles"] = {
+        name: [_finite(q) for q in row[f"q{index}"]]
+        for index, name in enumerate(columns)
+        if _kind(types[name]) == "numeric" and row[f"q{index}"] is not None
+    }
     if extra:
         result["extra"] = {name: row[f"extra{index}"] for index, name in enumerate(extra)}
     return result
@@ -147,7 +158,8 @@ def _column_aggregates(index: int, name: str, data_type: T.DataType, placeholder
         return [
             F.count(value).alias(f"n{index}"),
             F.approx_count_distinct(value).alias(f"d{index}"),
-            F.percentile_approx(value, [0.25, 0.5, 0.75], _QUANTILE_ACCURACY).alias(f"q{index}"),
+            F.percentile_approx(value, PERCENTILE_GRID, QUANTILE_ACCURACY).alias(f"q{index}"),
+            F.sum(F.when(value != F.floor(value), 1).otherwise(0)).alias(f"fractional{index}"),
         ]
     if kind == "text":
         text = column.cast("string")
@@ -186,7 +198,8 @@ def _column_profile(index: int, data_type: T.DataType, row: dict[str, Any], rows
         profile["min"] = row[f"min{index}"]
         profile["max"] = row[f"max{index}"]
     if kind == "numeric":
-        quartiles = row[f"q{index}"]
+        percentiles = row[f"q{index}"]
+        quartiles = [percentiles[i] for i in _QUARTILE_INDEXES] if percentiles is not None else None
         profile.update(
             {
                 "min": _finite(row[f"min{index}"]),
@@ -200,9 +213,10 @@ def _column_profile(index: int, data_type: T.DataType, row: dict[str, Any], rows
                 ),
                 "skewness": _finite(row[f"skew{index}"]),
                 "kurtosis": _finite(row[f"kurt{index}"]),
+                "integer": int(row[f"fractional{index}"] or 0) == 0 if present else None,
             }
         )
-        for key in ("min", "max", "mean", "stddev", "quartiles", "skewness", "kurtosis"):
+        for key in ("min", "max", "mean", "stddev", "quartiles", "skewness", "kurtosis", "integer"):
             if profile[key] is not None:
                 continue
             if present == 0:

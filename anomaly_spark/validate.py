@@ -113,6 +113,9 @@ class ValidationResult:
         and before duplicate removal.
     sentinel_cells : dict
         Per column, cells replaced with null because they held a sentinel value.
+    percentiles : dict
+        Per numeric column with a value, its approximate percentiles 1 to 99,
+        measured with the schema profile.
     """
 
     data: DataFrame
@@ -125,6 +128,7 @@ class ValidationResult:
     schema: dict[str, Any]
     settings: dict[str, dict[str, Any]]
     rules: list[RuleResult] = field(default_factory=list)
+    percentiles: dict[str, list[float | None]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -281,6 +285,7 @@ def validate_data(df: DataFrame, config: Config, dataset_key: str) -> Validation
     counts = {name: F.sum(F.col(marker).cast("long")) for name, marker in markers.items()}
     schema = profile_columns(marked, columns, null_values, extra_aggregates=counts)
     sentinel_cells = {name: int(value or 0) for name, value in schema.pop("extra", {}).items()}
+    percentiles = schema.pop("percentiles")
     data = marked.drop(*markers.values())
     rows_in = int(schema["rows"])
 
@@ -288,7 +293,7 @@ def validate_data(df: DataFrame, config: Config, dataset_key: str) -> Validation
     types = {f.name: f.dataType for f in data.schema.fields}
     # Map columns cannot be compared for equality in Spark, so they do not take part.
     key = [c for c in columns if c != id_column and not isinstance(types[c], T.MapType)]
-    distinct_rows = data.select(*[_quoted(c) for c in key]).distinct().count() if key else rows_in
+    distinct_rows = _distinct_rows(data, key, rows_in) if key else rows_in
     duplicate_rows = rows_in - distinct_rows
     dropped = 0
     if duplicate_rows and config.get("validation.drop_duplicates"):
@@ -307,6 +312,7 @@ def validate_data(df: DataFrame, config: Config, dataset_key: str) -> Validation
         sentinel_cells={k: v for k, v in sentinel_cells.items() if v},
         schema=schema,
         settings=settings,
+        percentiles=percentiles,
     )
     checked = [c for c in columns if c not in set(config.get("features.exclude") or [])]
     result.rules += _data_rules(result, checked)
@@ -314,6 +320,19 @@ def validate_data(df: DataFrame, config: Config, dataset_key: str) -> Validation
         if rule.status in ("warning", "failed"):
             logger.warning("validation rule %s %s: %s", rule.rule, rule.status, rule.message)
     return result
+
+
+def _distinct_rows(data: DataFrame, key: list[str], rows: int) -> int:
+    """Count the distinct rows over the ``key`` columns exactly.
+
+    Equal rows hash equally, so when every row has its own 64-bit hash no
+    row repeats, and the count of distinct hashes (a shuffle of one long per
+    row) settles it. Otherwise the rows themselves are compared.
+    """
+    columns = [_quoted(c) for c in key]
+    if data.select(F.xxhash64(*columns).alias("hash")).distinct().count() == rows:
+        return rows
+    return data.select(*columns).distinct().count()
 
 
 def _data_rules(result: ValidationResult, columns: list[str]) -> list[RuleResult]:

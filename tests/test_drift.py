@@ -15,9 +15,17 @@ from pyspark.sql import functions as F
 
 from anomaly_spark.artifacts import write_json
 from anomaly_spark.config import load_config
-from anomaly_spark.drift import DriftSettings, compute_drift, ks_critical_value, ks_p_value, population_stability_index
+from anomaly_spark.drift import (
+    DriftSettings,
+    compute_drift,
+    ks_critical_value,
+    ks_p_value,
+    population_stability_index,
+    profiles_from_validation,
+)
 from anomaly_spark.history import append_metrics, read_history
 from anomaly_spark.pipeline import RunFailed, RunResult, run_analysis
+from anomaly_spark.validate import validate_data
 
 _START = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
 # Columns of cardio.csv that the third pipeline run shifts or scales.
@@ -210,6 +218,24 @@ def test_drift_first_run_has_no_baseline(spark: Any, two_runs: dict[str, Any]) -
     assert drift["features"] == []
     assert "no earlier successful run of dataset 'wbc'" in drift["reason"]
     assert drift["profile"]["f0"]["non_null"] == two_runs["baseline_rows"]
+
+
+def test_drift_from_validation_profiles_equals_own_pass(spark: Any, two_runs: dict[str, Any]) -> None:
+    output = two_runs["output"]
+    current = _current_rows(spark, output, "cur", ["f0", "f1", "f2", "f5", "f4"])
+    validation = validate_data(current.drop("run_id", "ingested_at"), load_config(), "wbc")
+    profiles = profiles_from_validation(validation.schema, validation.percentiles, [])
+    features = {"selected": ["f0", "f1", "f4"], "excluded": {"f2": "all values are null", "f5": "not numeric (no value parses as a number)"}}
+    drift = compute_drift(
+        spark, output, "cur", "wbc", _START + timedelta(days=1), current, features, 60, two_runs["current_rows"], DriftSettings(), profiles
+    )
+
+    measured = two_runs["drift"]
+    assert drift["profile"] == measured["profile"]
+    assert drift["features"] == measured["features"]
+    assert drift["skipped"] == measured["skipped"]
+    # A column whose cells a sentinel rule replaced holds other values than the flat table, so it is left out.
+    assert set(profiles_from_validation(validation.schema, validation.percentiles, ["f1"])) == {"f0", "f2", "f4", "f5"}
 
 
 # --- runs of the whole pipeline ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from anomaly_spark.config import load_config
 from anomaly_spark.features import LABEL, FeatureError, feature_summary, select_features
 from anomaly_spark.ingest import ROW_ID
+from anomaly_spark.validate import validate_data
 
 ROWS = 200
 
@@ -92,6 +93,35 @@ def test_features_exact_constant_only_at_share_one(spark: Any) -> None:
     selection = select_features(_table(spark), _config(**{"features.near_constant_share": 1.0}))
     assert "mostly_zero" in selection.features
     assert selection.exclusion_kinds["constant"] == "constant"
+
+
+def test_features_from_validation_profile_match_own_pass(spark: Any) -> None:
+    config = _config()
+    validation = validate_data(_table(spark), config, "table")
+    from_profile = select_features(validation.data, config, validation.schema)
+    own_pass = select_features(validation.data, config)
+
+    assert from_profile.features == own_pass.features == ["good", "text_numbers", "shuffled_ids"]
+    assert from_profile.excluded == own_pass.excluded
+    assert from_profile.null_counts == own_pass.null_counts
+    assert from_profile.rows == own_pass.rows == ROWS
+
+
+@pytest.mark.parametrize("zeros, near_constant", [(196, True), (195, False)])
+@pytest.mark.parametrize("use_profile", [True, False])
+def test_features_near_constant_share_is_exact(spark: Any, zeros: int, near_constant: bool, use_profile: bool) -> None:
+    # near_constant_share 0.99 excludes a column when at least 2 * 0.99 - 1 = 98% of its values are equal.
+    values = [0.0] * zeros + [float(i) for i in range(1, ROWS - zeros + 1)]
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"mostly_zero": rng.permutation(values), "good": rng.normal(size=ROWS)})
+    data = spark.createDataFrame(frame).withColumn(ROW_ID, F.monotonically_increasing_id())
+    config = load_config(extra={"features.near_constant_share": 0.99})
+    validation = validate_data(data, config, "table")
+    selection = select_features(validation.data, config, validation.schema if use_profile else None)
+
+    assert ("mostly_zero" not in selection.features) is near_constant
+    if near_constant:
+        assert selection.excluded["mostly_zero"].startswith("near-constant (at least 0.980 of the values equal 0.0")
 
 
 def test_features_label_becomes_label_column(spark: Any) -> None:

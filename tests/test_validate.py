@@ -79,6 +79,24 @@ def test_validate_duplicates_counted_not_dropped(spark: Any) -> None:
     assert duplicate_rule.measured == round(2 / 12, 6)
 
 
+@pytest.mark.parametrize(
+    "rows, duplicates",
+    [
+        # Spark's distinct treats 0.0 and -0.0 as one value, and every NaN as one value.
+        ([(0.0, 1.0), (-0.0, 1.0), (float("nan"), 2.0), (float("nan"), 2.0), (3.0, 3.0)], 2),
+        # The null-skipping row hash gives (null, 1) and (1, null) one hash; they are still distinct rows.
+        ([(None, 1.0), (1.0, None), (2.0, 2.0)], 0),
+        ([(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)], 0),
+    ],
+)
+def test_validate_duplicate_count_is_exact(spark: Any, rows: list[tuple[Any, Any]], duplicates: int) -> None:
+    data = spark.createDataFrame(rows, "a double, b double").withColumn(ROW_ID, F.monotonically_increasing_id())
+    result = validate_data(data, _config(), "table")
+
+    assert result.duplicate_rows == duplicates
+    assert result.duplicate_rows == len(rows) - data.select("a", "b").distinct().count()
+
+
 def test_validate_duplicates_dropped_when_configured(spark: Any) -> None:
     result = validate_data(_data(spark), _config(**{"validation.drop_duplicates": True}), "table")
     kept = result.data.toPandas()
