@@ -162,7 +162,8 @@ def append_metrics(
 ) -> int:
     """Merge this run's ``(model, metric, value)`` rows into the history and return how many rows the run now has.
 
-    The merge keys on run id, model and metric, and deletes rows of this run
+    A run that the history does not contain yet is appended. Otherwise the
+    merge keys on run id, model and metric, and deletes rows of this run
     that the new set lacks, so writing a run twice leaves exactly the second
     set. A run without metrics gets one row with metric ``run``. Commit
     conflicts with concurrent runs are retried with backoff.
@@ -181,8 +182,13 @@ def append_metrics(
     this_run = f"h.run_id = {_sql_string(run_id)}"
 
     def merge() -> int:
+        table = DeltaTable.forPath(spark, path)
+        if table.toDF().filter(F.col("run_id") == run_id).limit(1).count() == 0:
+            # A blind append does not conflict with concurrent appends or merges, and costs far less than a merge.
+            updates.write.format("delta").mode("append").save(path)
+            return len(rows)
         (
-            DeltaTable.forPath(spark, path)
+            table
             .alias("h")
             .merge(updates.alias("u"), f"{this_run} AND h.run_id = u.run_id AND h.metric = u.metric AND h.model <=> u.model")
             .whenMatchedUpdateAll()
