@@ -254,10 +254,13 @@ def _aggregate_stats(
     quartiles: bool,
     columns: dict[str, dict[str, Any]],
 ) -> int:
-    """Add the statistics of ``names`` to ``columns`` in one pass and return the row count."""
+    """Add the statistics of ``names`` to ``columns`` in one pass and return the row count.
+
+    NaN counts as missing, as in the validation profile and in the fill.
+    """
     aggregates: list[Column] = [F.count(F.lit(1)).alias("__rows")]
     for index, name in enumerate(names):
-        value = as_double[name]
+        value = F.when(~F.isnan(as_double[name]), as_double[name])
         original_present = _quoted(name).isNotNull()
         if not isinstance(types[name], (_NUMERIC, T.BooleanType)) and null_values:
             original_present = original_present & ~F.trim(_quoted(name).cast("string")).isin(*null_values)

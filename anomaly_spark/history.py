@@ -160,7 +160,7 @@ def append_metrics(
     metrics: list[tuple[str | None, str, float | None]],
     error_type: str | None = None,
 ) -> int:
-    """Merge this run's ``(model, metric, value)`` rows into the history and return how many rows the run now has.
+    """Write this run's ``(model, metric, value)`` rows to the history and return how many rows the run now has.
 
     A run that the history does not contain yet is appended. Otherwise the
     merge keys on run id, model and metric, and deletes rows of this run
@@ -181,7 +181,7 @@ def append_metrics(
     path = ensure_history_table(spark, output)
     this_run = f"h.run_id = {_sql_string(run_id)}"
 
-    def merge() -> int:
+    def write() -> int:
         table = DeltaTable.forPath(spark, path)
         if table.toDF().filter(F.col("run_id") == run_id).limit(1).count() == 0:
             # A blind append does not conflict with concurrent appends or merges, and costs far less than a merge.
@@ -198,7 +198,7 @@ def append_metrics(
         )
         return len(rows)
 
-    written = retry_on_write_conflict(merge, f"writing run {run_id} to the metrics history")
+    written = retry_on_write_conflict(write, f"writing run {run_id} to the metrics history")
     logger.info("metrics history: %d row(s) for run %s (%s)", written, run_id, status)
     return written
 

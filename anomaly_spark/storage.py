@@ -8,11 +8,11 @@ __all__ = ["MEMORY_CACHE_CELLS", "storage_level"]
 
 # Cached frames with more cells (rows times columns) than this stay on local
 # disk. In memory with disk spill, Spark builds each cached partition in the
-# Java heap: 1e6 rows of 22 columns in two partitions ran the default 2 GiB
-# local driver out of heap while caching the scored rows, and a 1e7-row table
-# ran a 4 GiB driver out of heap when Spark copied spilled blocks back into it.
-# Disk-only blocks are read from the local disk (and the operating system's
-# page cache) on each pass and are not copied into storage memory.
+# Java heap. There, 1e6 rows of 22 columns in two partitions ran the default
+# 2 GiB local driver out of heap while caching the scored rows. A 1e7-row
+# table ran a 4 GiB driver out of heap when Spark copied spilled blocks back
+# into it. Disk-only blocks are read from the local disk (and the operating
+# system's page cache) on each pass and are not copied into storage memory.
 MEMORY_CACHE_CELLS = 10_000_000
 
 

@@ -234,7 +234,7 @@ def test_drift_from_validation_profiles_equals_own_pass(spark: Any, two_runs: di
     assert drift["profile"] == measured["profile"]
     assert drift["features"] == measured["features"]
     assert drift["skipped"] == measured["skipped"]
-    # A column whose cells a sentinel rule replaced holds other values than the flat table, so it is left out.
+    # A column whose cells a sentinel rule replaced differs from the flat table, so it is left out.
     assert set(profiles_from_validation(validation.schema, validation.percentiles, ["f1"])) == {"f0", "f2", "f4", "f5"}
 
 

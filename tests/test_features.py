@@ -107,6 +107,21 @@ def test_features_from_validation_profile_match_own_pass(spark: Any) -> None:
     assert from_profile.rows == own_pass.rows == ROWS
 
 
+@pytest.mark.parametrize("use_profile", [True, False])
+def test_features_nan_counts_as_missing(spark: Any, use_profile: bool) -> None:
+    rng = np.random.default_rng(9)
+    values = rng.normal(size=ROWS)
+    values[:10] = np.nan
+    frame = pd.DataFrame({"with_nan": values, "good": rng.normal(size=ROWS)})
+    data = spark.createDataFrame(frame).withColumn(ROW_ID, F.monotonically_increasing_id())
+    config = load_config()
+    validation = validate_data(data, config, "table")
+    selection = select_features(validation.data, config, validation.schema if use_profile else None)
+
+    assert selection.null_counts["with_nan"] == 10
+    assert selection.null_counts["good"] == 0
+
+
 @pytest.mark.parametrize("zeros, near_constant", [(196, True), (195, False)])
 @pytest.mark.parametrize("use_profile", [True, False])
 def test_features_near_constant_share_is_exact(spark: Any, zeros: int, near_constant: bool, use_profile: bool) -> None:

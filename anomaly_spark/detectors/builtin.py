@@ -1,13 +1,12 @@
-"""Built-in detectors. Each trains on a bounded sample or on distributed quantiles and scores every row on the executors.
+"""Built-in detectors. Each trains on a bounded sample and scores every row on the executors.
 
-Every detector except the empirical tails fits with scikit-learn or numpy on
-the training sample. That sample is every row of a small input, or a random
-sample of ``detection.max_train_rows`` rows of a larger one, and the driver
-collects it once for all detectors. Centroids, mixtures, trees and covariances of 20 or so
-features need far fewer rows than millions. The empirical-tail detector
-builds its per-column distributions from distributed quantiles over every
-row. Every fitted model scores a feature matrix with numpy, so the pipeline
-scores all of them in one ``mapInPandas`` pass over the rows.
+Every detector fits with scikit-learn or numpy on the training sample. That
+sample is every row of a small input, or a random sample of
+``detection.max_train_rows`` rows of a larger one, and the driver collects
+it once for all detectors. Centroids, mixtures, trees, quantiles and
+covariances of 20 or so features need far fewer rows than millions. Every
+fitted model scores a feature matrix with numpy, so the pipeline scores all
+of them in one ``mapInPandas`` pass over the rows.
 
 ``fit`` takes a DataFrame and draws the sample itself. ``fit_local`` takes
 the matrix, and the stability metric refits through it on a subsample of
@@ -21,12 +20,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from ._spark import score_vectors, training_sample
-from .base import FEATURES, Detector, DetectorModel, MatrixModel, ParamSpec
+from .base import Detector, DetectorModel, MatrixModel, ParamSpec
 
 __all__ = [
     "KMeansDistance",
@@ -42,13 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _feature_count(df: DataFrame) -> int:
-    first = df.select(F.size(vector_to_array(F.col(FEATURES))).alias("d")).first()
-    if first is None:
-        raise ValueError("cannot fit a detector on an empty DataFrame; the input has no rows")
-    return int(first["d"])
 
 
 class KMeansDistance(Detector):
