@@ -138,6 +138,7 @@ def score_command(
 ) -> None:
     """Score new data with a saved model and write scores.csv the way a run does."""
     from .pipeline import new_run_id, validate_run_id
+    from .class_archive import archive_folder
     from .scoring import ScoringError, score_new_data
     from .session import create_spark_session
 
@@ -147,7 +148,10 @@ def score_command(
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     spark = create_spark_session(
-        master=config.get("spark.master"), app_name=f"{config.get('spark.app_name')}-score", conf=config.get("spark.conf")
+        master=config.get("spark.master"),
+        app_name=f"{config.get('spark.app_name')}-score",
+        conf=config.get("spark.conf"),
+        class_archive=archive_folder(config),
     )
     try:
         result = score_new_data(spark, config, model, score_id)
@@ -165,6 +169,7 @@ def score_command(
 @click.option("--master", help="Spark master URL, such as local[*]. Default: spark.master of conf/default.yaml.")
 def history_command(dataset_key: str | None, output: str | None, limit: int, master: str | None) -> None:
     """Print the most recent runs as a table and write history.html with trend plots."""
+    from .class_archive import archive_folder
     from .history import history_path, run_overview
     from .report.history_page import format_history_table, write_history_page
     from .session import create_spark_session
@@ -178,6 +183,9 @@ def history_command(dataset_key: str | None, output: str | None, limit: int, mas
         master=master or config.get("spark.master"),
         app_name=f"{config.get('spark.app_name')}-history",
         conf=config.get("spark.conf"),
+        class_archive=archive_folder(config),
+        # The metrics history holds a few rows per run.
+        quick_jit=True,
     )
     runs = run_overview(spark, output_dir, dataset_key, limit=limit)
     click.echo(format_history_table(runs))

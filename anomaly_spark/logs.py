@@ -126,6 +126,8 @@ class _RunIdFilter(logging.Filter):
             record.run_id = _current_run.get()
         if getattr(record, "stage", None) is None:
             record.stage = _current_stage.get()
+        # The console shows "-" for a record outside any run, such as one written at exit.
+        record.run_label = getattr(record, "run_id", None) or "-"
         return self.only is None or getattr(record, "run_id", None) == self.only
 
 
@@ -157,7 +159,7 @@ def _ensure_console(logger: logging.Logger, level: int) -> None:
     if _console_handler is not None:
         return
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(run_id)s] %(message)s", "%H:%M:%S"))
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(run_label)s] %(message)s", "%H:%M:%S"))
     console.addFilter(_RunIdFilter())
     console.addFilter(SecretMaskFilter())
     logger.addHandler(console)

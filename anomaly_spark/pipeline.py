@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .artifacts import stream_csv, write_csv_rows, write_json
+from .class_archive import archive_folder
 from .config import Config, config_to_json
 from .detectors import FEATURES, SCORE, DetectorParamError, create_detector
 from .detectors._spark import score_columns, subsample, training_sample
@@ -113,6 +114,27 @@ def _resolve_sample(config: Config, output: Path) -> Config:
     return config.with_overrides(overrides)
 
 
+def _is_small_local_source(source: str, max_mb: float) -> bool:
+    """Return True when ``source`` is a local file, or a folder of files, of at most ``max_mb`` megabytes."""
+    if max_mb <= 0 or re.match(r"^[a-z][a-z0-9+.-]*://", source or "", re.I):
+        return False
+    path = Path(source)
+    try:
+        if path.is_file():
+            size = path.stat().st_size
+        elif path.is_dir():
+            size = 0
+            for item in path.rglob("*"):
+                size += item.stat().st_size if item.is_file() else 0
+                if size > max_mb * 2**20:
+                    return False
+        else:
+            return False
+    except OSError:
+        return False
+    return size <= max_mb * 2**20
+
+
 def _replay_command(config_path: Path, run_id: str, output: Path) -> str:
     return f"anomaly-spark replay {shlex.quote(run_id)} --output {shlex.quote(str(output))}"
 
@@ -171,6 +193,8 @@ def run_analysis(
             master=config.get("spark.master"),
             app_name=f"{config.get('spark.app_name')}-{run_id}",
             conf=config.get("spark.conf"),
+            class_archive=archive_folder(config),
+            quick_jit=_is_small_local_source(config.get("source.path"), float(config.get("spark.quick_jit_max_mb"))),
         )
     context = _Context(spark, config, run_id, output, run_dir, started_at)
     context.summary = {

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Mapping
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
+
+from .class_archive import ClassArchive, user_chose_archive
 
 __all__ = ["DELTA_PACKAGE", "create_spark_session"]
 
@@ -22,6 +25,8 @@ def create_spark_session(
     master: str | None = "local[*]",
     app_name: str = "anomaly-spark",
     conf: Mapping[str, str] | None = None,
+    class_archive: Path | None = None,
+    quick_jit: bool = False,
 ) -> SparkSession:
     """Create (or reuse) a SparkSession with the Delta Lake extension and catalog.
 
@@ -32,6 +37,13 @@ def create_spark_session(
     Under spark-submit, its ``--master`` is used and ``master`` is ignored,
     so that the config's default ``local[*]`` cannot turn a cluster
     submission into a local run.
+
+    With ``class_archive``, a folder, a driver JVM started here reads its
+    classes from a class-data archive in that folder, or writes one when it
+    exits (see :mod:`anomaly_spark.class_archive`). With ``quick_jit``, a
+    local driver JVM started here compiles with its quick JIT tier only,
+    which suits a run on little data: it saves seconds of compilation but
+    runs long loops slower.
     """
     submitted = _submitted_master()
     if submitted:
@@ -53,9 +65,27 @@ def create_spark_session(
     if "spark.jars.packages" not in (conf or {}) and not _delta_on_classpath():
         settings["spark.jars.packages"] = DELTA_PACKAGE
     settings.update({key: str(value) for key, value in (conf or {}).items()})
+    archive = None
+    java_options = settings.get("spark.driver.extraJavaOptions", "")
+    # Only a JVM that starts here can take these options; under spark-submit it is already running.
+    starts_here = "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._active_spark_context is None
+    added: list[str] = []
+    if starts_here and quick_jit and master and master.startswith("local") and "Tiered" not in java_options:
+        added.append("-XX:TieredStopAtLevel=1")
+    if starts_here and class_archive is not None and not user_chose_archive(java_options):
+        archive = ClassArchive(class_archive, settings)
+        options = archive.java_options()
+        if options:
+            added.append(options)
+        else:
+            archive = None
+    if added:
+        settings["spark.driver.extraJavaOptions"] = " ".join([java_options, *added]).strip()
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    if archive is not None:
+        archive.after_start()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 

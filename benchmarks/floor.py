@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, required=True, help="Parquet table to read")
     parser.add_argument("--output", type=Path, required=True, help="folder for the Delta tables; deleted first")
     parser.add_argument("--master", default="local[2]", help="Spark master (default: local[2])")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting; repeatable")
     args = parser.parse_args(argv)
     shutil.rmtree(args.output, ignore_errors=True)
 
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     step("interpreter and imports")
     conf = {str(k): str(v) for k, v in (load_config().get("spark.conf") or {}).items()}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--conf {item!r} is not KEY=VALUE")
+        conf[key] = value
     spark = create_spark_session(args.master, "anomaly-spark-floor", conf)
     step("Spark session with Delta")
     source = spark.read.parquet(str(args.source))

@@ -231,7 +231,14 @@ def test_drift_from_validation_profiles_equals_own_pass(spark: Any, two_runs: di
     )
 
     measured = two_runs["drift"]
-    assert drift["profile"] == measured["profile"]
+    assert drift["profile"].keys() == measured["profile"].keys()
+    for name, expected in measured["profile"].items():
+        got = dict(drift["profile"][name])
+        # The validation profile takes mean and deviation from power sums, the drift pass from Spark's
+        # own aggregates, so the two agree to rounding.
+        for key in ("mean", "stddev"):
+            assert got.pop(key) == pytest.approx(expected[key], rel=1e-12, abs=1e-15), (name, key)
+        assert got == {key: value for key, value in expected.items() if key not in ("mean", "stddev")}, name
     assert drift["features"] == measured["features"]
     assert drift["skipped"] == measured["skipped"]
     # A column whose cells a sentinel rule replaced differs from the flat table, so it is left out.

@@ -1,0 +1,128 @@
+"""The driver JVM's class-data archive: written once, read by later JVMs, replaced when it does not fit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from anomaly_spark.class_archive import ClassArchive, _option, archive_folder, default_archive_folder, user_chose_archive
+from anomaly_spark.config import load_config
+from anomaly_spark.pipeline import _is_small_local_source
+
+# Starts a local session with the archive folder given as argv[1], runs one query and exits.
+# argv[2] is a file for the JVM's class-loading log, which names the source of every class.
+# argv[3] is "quick" for a JVM with the quick JIT tier only. The script prints the JVM's options.
+_SCRIPT = textwrap.dedent(
+    """
+    import logging
+    import sys
+    logging.basicConfig(level=logging.INFO)
+    from anomaly_spark.session import create_spark_session
+    spark = create_spark_session(
+        "local[1]",
+        "class-archive-test",
+        {"spark.ui.enabled": "false", "spark.driver.extraJavaOptions": "-Xlog:class+load=info:file=" + sys.argv[2]},
+        class_archive=sys.argv[1],
+        quick_jit=sys.argv[3] == "quick",
+    )
+    print("rows", spark.range(7).count())
+    print("options", list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()))
+    """
+)
+
+
+def _start_jvm(folder: Path, class_log: Path, jit: str = "full") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1")
+    return subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(folder), str(class_log), jit], capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def test_archive_written_read_and_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "jvm"
+
+    first = _start_jvm(folder, tmp_path / "first.log")
+    assert first.returncode == 0, first.stderr
+    assert "rows 7" in first.stdout
+    assert "-XX:TieredStopAtLevel=1" not in first.stdout
+    # The JVM's messages about classes it cannot archive stay off the console.
+    assert "[cds" not in first.stdout
+    assert "[cds" not in first.stderr
+    archives = list(folder.glob("spark-*.jsa"))
+    assert len(archives) == 1
+    assert archives[0].stat().st_size > 10 * 2**20
+    assert not list(folder.glob("*.partial")), "the unfinished archive was not moved in place"
+    assert "shared objects file (top)" not in (tmp_path / "first.log").read_text()
+
+    second = _start_jvm(folder, tmp_path / "second.log", jit="quick")
+    assert second.returncode == 0, second.stderr
+    assert "rows 7" in second.stdout
+    assert "-XX:TieredStopAtLevel=1" in second.stdout
+    # Classes mapped from the dynamic archive are logged with this source.
+    assert "shared objects file (top)" in (tmp_path / "second.log").read_text()
+    assert list(folder.glob("spark-*.jsa")) == archives
+    assert not list(folder.glob("*.log")), "the JVM's class-data log was left behind"
+
+    archives[0].chmod(0o644)
+    archives[0].write_bytes(b"not an archive" * 1000)
+    third = _start_jvm(folder, tmp_path / "third.log")
+    assert third.returncode == 0, third.stderr
+    assert "rows 7" in third.stdout
+    assert "could not use its class archive" in third.stderr
+    assert not archives[0].exists(), "an archive the JVM refused was kept"
+
+
+def test_archive_folder_follows_the_config(tmp_path: Path) -> None:
+    assert archive_folder(load_config(overrides=["spark.class_archive=false"])) is None
+    assert archive_folder(load_config(overrides=[f"spark.class_archive_dir={tmp_path}"])) == tmp_path
+    assert archive_folder(load_config()) == default_archive_folder()
+
+
+def test_default_folder_honours_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_archive_folder() == tmp_path / "anomaly-spark" / "jvm"
+
+
+def test_user_archive_options_win() -> None:
+    assert user_chose_archive("-Xmx2g -XX:SharedArchiveFile=/opt/app.jsa")
+    assert user_chose_archive("-Xshare:off")
+    assert not user_chose_archive("-Xmx2g -XX:+UseG1GC")
+
+
+def test_option_with_a_space_is_quoted() -> None:
+    assert _option("-XX:SharedArchiveFile=/a b/x.jsa") == '"-XX:SharedArchiveFile=/a b/x.jsa"'
+    assert _option("-XX:SharedArchiveFile=/ab/x.jsa") == "-XX:SharedArchiveFile=/ab/x.jsa"
+
+
+def test_archive_name_follows_class_path(tmp_path: Path) -> None:
+    plain = ClassArchive(tmp_path, {})
+    extended = ClassArchive(tmp_path, {"spark.driver.extraClassPath": "/opt/extra.jar"})
+    assert plain.path != extended.path
+    assert ClassArchive(tmp_path, {}).path == plain.path
+
+
+def test_unwritable_folder_turns_archive_off(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    # A folder below a regular file cannot be created.
+    assert ClassArchive(blocker / "jvm", {}).java_options() is None
+
+
+def test_small_source_measured_on_disk(tmp_path: Path) -> None:
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"x" * 1000)
+    folder = tmp_path / "table.parquet"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"part-{index}.parquet").write_bytes(b"x" * 2**20)
+    assert _is_small_local_source(str(small), 1)
+    assert _is_small_local_source(str(folder), 4)
+    assert not _is_small_local_source(str(folder), 2)
+    assert not _is_small_local_source(str(small), 0), "0 turns the quick JIT off"
+    assert not _is_small_local_source(str(tmp_path / "missing.csv"), 32)
+    assert not _is_small_local_source("http://127.0.0.1:1/items", 32)
