@@ -169,7 +169,9 @@ def _class_path_key(conf: Mapping[str, str]) -> str:
     if java is not None:
         stat = java.stat()
         parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
-    jars = _spark_home() / "jars"
+    # The JVM checks the class path by its absolute paths, so two installations of the same Spark differ.
+    jars = _spark_home().resolve() / "jars"
+    parts.append(str(jars))
     if jars.is_dir():
         parts += sorted(f"{p.name}:{p.stat().st_size}" for p in jars.iterdir())
     parts.append(str(conf.get("spark.driver.extraClassPath", "")))

@@ -44,7 +44,7 @@ from .report.plots import plot_feature_distributions, plot_history_trend, plot_p
 from .retrain import RetrainRules, recommend_retrain
 from .rundoc import write_run_doc
 from .sample import SAMPLE_LABEL_COLUMN, build_sample_csv
-from .session import create_spark_session
+from .session import create_spark_session, is_small_local_source
 from .scoring import activate_model, save_model
 from .search import create_configured_detectors, train_detectors
 from .selection import (
@@ -114,27 +114,6 @@ def _resolve_sample(config: Config, output: Path) -> Config:
     return config.with_overrides(overrides)
 
 
-def _is_small_local_source(source: str, max_mb: float) -> bool:
-    """Return True when ``source`` is a local file, or a folder of files, of at most ``max_mb`` megabytes."""
-    if max_mb <= 0 or re.match(r"^[a-z][a-z0-9+.-]*://", source or "", re.I):
-        return False
-    path = Path(source)
-    try:
-        if path.is_file():
-            size = path.stat().st_size
-        elif path.is_dir():
-            size = 0
-            for item in path.rglob("*"):
-                size += item.stat().st_size if item.is_file() else 0
-                if size > max_mb * 2**20:
-                    return False
-        else:
-            return False
-    except OSError:
-        return False
-    return size <= max_mb * 2**20
-
-
 def _replay_command(config_path: Path, run_id: str, output: Path) -> str:
     return f"anomaly-spark replay {shlex.quote(run_id)} --output {shlex.quote(str(output))}"
 
@@ -194,7 +173,7 @@ def run_analysis(
             app_name=f"{config.get('spark.app_name')}-{run_id}",
             conf=config.get("spark.conf"),
             class_archive=archive_folder(config),
-            quick_jit=_is_small_local_source(config.get("source.path"), float(config.get("spark.quick_jit_max_mb"))),
+            quick_jit=is_small_local_source(config.get("source.path"), float(config.get("spark.quick_jit_max_mb"))),
         )
     context = _Context(spark, config, run_id, output, run_dir, started_at)
     context.summary = {

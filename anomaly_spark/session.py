@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -13,7 +14,7 @@ from pyspark.sql import SparkSession
 
 from .class_archive import ClassArchive, user_chose_archive
 
-__all__ = ["DELTA_PACKAGE", "create_spark_session"]
+__all__ = ["DELTA_PACKAGE", "create_spark_session", "is_small_local_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,27 @@ def create_spark_session(
         archive.after_start()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def is_small_local_source(source: str, max_mb: float) -> bool:
+    """Return True when ``source`` is a local file, or a folder of files, of at most ``max_mb`` megabytes."""
+    if max_mb <= 0 or re.match(r"^[a-z][a-z0-9+.-]*://", source or "", re.I):
+        return False
+    path = Path(source)
+    try:
+        if path.is_file():
+            size = path.stat().st_size
+        elif path.is_dir():
+            size = 0
+            for item in path.rglob("*"):
+                size += item.stat().st_size if item.is_file() else 0
+                if size > max_mb * 2**20:
+                    return False
+        else:
+            return False
+    except OSError:
+        return False
+    return size <= max_mb * 2**20
 
 
 def _submitted_master() -> str | None:

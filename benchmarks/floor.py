@@ -1,8 +1,9 @@
 """Time the Delta input and output that every run makes, without any analysis.
 
-One fresh process starts Spark with Delta the way the job does and reads a
-Parquet table. It writes the rows to a raw table (one JSON string per row)
-and to a flat table, then reads the flat rows back and counts them. Last, it
+One fresh process starts Spark with Delta the way the job does, with its
+class-data archive and JIT choice, and reads a Parquet table. It writes the
+rows to a raw table (one JSON string per row) and to a flat table, then
+reads the flat rows back and counts them. Last, it
 writes one score per row and model to a scores table and appends one row to
 a history table. Each step's wall time is printed. On a small table this is
 the least that any run of the job can take in a fresh JVM.
@@ -22,8 +23,9 @@ STARTED = time.perf_counter()
 
 from pyspark.sql import functions as F  # noqa: E402
 
+from anomaly_spark.class_archive import archive_folder  # noqa: E402
 from anomaly_spark.config import load_config  # noqa: E402
-from anomaly_spark.session import create_spark_session  # noqa: E402
+from anomaly_spark.session import create_spark_session, is_small_local_source  # noqa: E402
 
 MODELS = 8
 
@@ -34,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="folder for the Delta tables; deleted first")
     parser.add_argument("--master", default="local[2]", help="Spark master (default: local[2])")
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark setting; repeatable")
+    parser.add_argument(
+        "--class-archive", action=argparse.BooleanOptionalAction, default=True, help="start the JVM from the job's class-data archive (default: on)"
+    )
+    parser.add_argument(
+        "--quick-jit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="quick JIT tier only (default: as the job decides from the size of --source)",
+    )
     args = parser.parse_args(argv)
     shutil.rmtree(args.output, ignore_errors=True)
 
@@ -46,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         last = now
 
     step("interpreter and imports")
-    conf = {str(k): str(v) for k, v in (load_config().get("spark.conf") or {}).items()}
+    config = load_config()
+    conf = {str(k): str(v) for k, v in (config.get("spark.conf") or {}).items()}
     for item in args.conf:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--conf {item!r} is not KEY=VALUE")
         conf[key] = value
-    spark = create_spark_session(args.master, "anomaly-spark-floor", conf)
+    quick_jit = args.quick_jit
+    if quick_jit is None:
+        quick_jit = is_small_local_source(str(args.source), float(config.get("spark.quick_jit_max_mb")))
+    archive = archive_folder(config) if args.class_archive else None
+    spark = create_spark_session(args.master, "anomaly-spark-floor", conf, class_archive=archive, quick_jit=quick_jit)
     step("Spark session with Delta")
     source = spark.read.parquet(str(args.source))
     rows = source.count()

@@ -12,7 +12,7 @@ import pytest
 
 from anomaly_spark.class_archive import ClassArchive, _option, archive_folder, default_archive_folder, user_chose_archive
 from anomaly_spark.config import load_config
-from anomaly_spark.pipeline import _is_small_local_source
+from anomaly_spark.session import is_small_local_source
 
 # Starts a local session with the archive folder given as argv[1], runs one query and exits.
 # argv[2] is a file for the JVM's class-loading log, which names the source of every class.
@@ -106,6 +106,19 @@ def test_archive_name_follows_class_path(tmp_path: Path) -> None:
     assert ClassArchive(tmp_path, {}).path == plain.path
 
 
+def test_archive_name_follows_spark_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomaly_spark.class_archive as class_archive
+
+    for name in ("one", "two"):
+        (tmp_path / name / "jars").mkdir(parents=True)
+        (tmp_path / name / "jars" / "spark-core.jar").write_bytes(b"jar")
+    monkeypatch.setattr(class_archive, "_spark_home", lambda: tmp_path / "one")
+    first = ClassArchive(tmp_path, {}).path
+    monkeypatch.setattr(class_archive, "_spark_home", lambda: tmp_path / "two")
+    # The same jars in another folder make another class path for the JVM.
+    assert ClassArchive(tmp_path, {}).path != first
+
+
 def test_unwritable_folder_turns_archive_off(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -120,9 +133,9 @@ def test_small_source_measured_on_disk(tmp_path: Path) -> None:
     folder.mkdir()
     for index in range(3):
         (folder / f"part-{index}.parquet").write_bytes(b"x" * 2**20)
-    assert _is_small_local_source(str(small), 1)
-    assert _is_small_local_source(str(folder), 4)
-    assert not _is_small_local_source(str(folder), 2)
-    assert not _is_small_local_source(str(small), 0), "0 turns the quick JIT off"
-    assert not _is_small_local_source(str(tmp_path / "missing.csv"), 32)
-    assert not _is_small_local_source("http://127.0.0.1:1/items", 32)
+    assert is_small_local_source(str(small), 1)
+    assert is_small_local_source(str(folder), 4)
+    assert not is_small_local_source(str(folder), 2)
+    assert not is_small_local_source(str(small), 0), "0 turns the quick JIT off"
+    assert not is_small_local_source(str(tmp_path / "missing.csv"), 32)
+    assert not is_small_local_source("http://127.0.0.1:1/items", 32)
