@@ -4,9 +4,10 @@ A local Spark driver loads some 20,000 classes from Spark's jars before it
 runs its first query, and every run starts a new JVM. Java's dynamic
 class-data sharing (AppCDS) keeps those classes, parsed and verified, in one
 archive file that later JVMs map into memory instead of loading the classes
-again. The first run that finds no archive starts its JVM with the option to
-write one at exit. Later runs with the same Java and the same Spark jars
-read it.
+again. The second run that finds no archive starts its JVM with the option
+to write one at exit (the first only leaves a marker, see
+:meth:`ClassArchive.java_options`). Later runs with the same Java and the
+same Spark jars read it.
 
 The archive belongs to one Java build and one class path, so its file name
 holds a hash of both. A JVM that cannot use an archive runs without it; the
@@ -20,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -83,10 +85,16 @@ class ClassArchive:
         """Return the JVM options to add to ``spark.driver.extraJavaOptions``, or None to add none.
 
         With an archive in place the JVM reads it and writes its class-data
-        messages to a log file, which :meth:`after_start` reads. Without one
-        the JVM writes a new archive under a name of this process when it
+        messages to a log file, which :meth:`after_start` reads. Without one,
+        the first run only leaves a marker file, so that a container or CI
+        job whose folder is discarded after one run does not spend seconds
+        writing an archive nobody reads. A later run that finds the marker
+        has the JVM write the archive under a name of this process when it
         exits, and :meth:`after_start` arranges for the exit to be awaited.
         """
+        if self.path.is_file() and os.access(self.path, os.R_OK):
+            self._log = Path(tempfile.gettempdir()) / f"anomaly-spark-{self.path.stem}.{os.getpid()}.log"
+            return " ".join([_QUIET, _option(f"-XX:SharedArchiveFile={self.path}"), _option(f"-Xlog:cds=info,cds+dynamic=info:file={self._log}")])
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -95,9 +103,10 @@ class ClassArchive:
         if not os.access(self.folder, os.W_OK):
             logger.warning("JVM class archive not used: %s is not writable", self.folder)
             return None
-        if self.path.is_file():
-            self._log = self.folder / f"{self.path.stem}.{os.getpid()}.log"
-            return " ".join([_QUIET, _option(f"-XX:SharedArchiveFile={self.path}"), _option(f"-Xlog:cds=info,cds+dynamic=info:file={self._log}")])
+        marker = self.path.with_suffix(".seen")
+        if not marker.exists():
+            marker.touch()
+            return None
         self._remove_stale_partials()
         self._partial = self.folder / f"{self.path.name}.{os.getpid()}.partial"
         return " ".join([_QUIET, _option(f"-XX:ArchiveClassesAtExit={self._partial}")])
@@ -154,6 +163,7 @@ class ClassArchive:
         archives = sorted(self.folder.glob("spark-*.jsa"), key=lambda p: p.stat().st_mtime, reverse=True)
         for path in archives[_KEEP_ARCHIVES:]:
             path.unlink(missing_ok=True)
+            path.with_suffix(".seen").unlink(missing_ok=True)
 
 
 def user_chose_archive(java_options: str) -> bool:

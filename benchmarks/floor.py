@@ -3,10 +3,10 @@
 One fresh process starts Spark with Delta the way the job does, with its
 class-data archive and JIT choice, and reads a Parquet table. It writes the
 rows to a raw table (one JSON string per row) and to a flat table, then
-reads the flat rows back and counts them. Last, it
-writes one score per row and model to a scores table and appends one row to
-a history table. Each step's wall time is printed. On a small table this is
-the least that any run of the job can take in a fresh JVM.
+reads the flat rows back and counts them. Last, it writes one score per row
+and model to a scores table and appends one row to a history table. Each
+step's wall time is printed. On a small table this is the least that any
+run of the job can take in a fresh JVM.
 
     .venv/bin/python benchmarks/floor.py --source /tmp/gmm_1e4.parquet --output /tmp/floor
 """

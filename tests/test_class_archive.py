@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -46,35 +47,43 @@ def _start_jvm(folder: Path, class_log: Path, jit: str = "full") -> subprocess.C
 def test_archive_written_read_and_replaced(tmp_path: Path) -> None:
     folder = tmp_path / "jvm"
 
+    # The first JVM only leaves a marker, so a folder that lives for one run gets no archive.
     first = _start_jvm(folder, tmp_path / "first.log")
     assert first.returncode == 0, first.stderr
     assert "rows 7" in first.stdout
     assert "-XX:TieredStopAtLevel=1" not in first.stdout
+    assert not list(folder.glob("spark-*.jsa"))
+    assert len(list(folder.glob("spark-*.seen"))) == 1
+
+    second = _start_jvm(folder, tmp_path / "second.log")
+    assert second.returncode == 0, second.stderr
+    assert "rows 7" in second.stdout
     # The JVM's messages about classes it cannot archive stay off the console.
-    assert "[cds" not in first.stdout
-    assert "[cds" not in first.stderr
+    assert "[cds" not in second.stdout
+    assert "[cds" not in second.stderr
+    assert "JVM class archive written" in second.stderr
     archives = list(folder.glob("spark-*.jsa"))
     assert len(archives) == 1
     assert archives[0].stat().st_size > 10 * 2**20
     assert not list(folder.glob("*.partial")), "the unfinished archive was not moved in place"
-    assert "shared objects file (top)" not in (tmp_path / "first.log").read_text()
+    assert "shared objects file (top)" not in (tmp_path / "second.log").read_text()
 
-    second = _start_jvm(folder, tmp_path / "second.log", jit="quick")
-    assert second.returncode == 0, second.stderr
-    assert "rows 7" in second.stdout
-    assert "-XX:TieredStopAtLevel=1" in second.stdout
+    third = _start_jvm(folder, tmp_path / "third.log", jit="quick")
+    assert third.returncode == 0, third.stderr
+    assert "rows 7" in third.stdout
+    assert "-XX:TieredStopAtLevel=1" in third.stdout
     # Classes mapped from the dynamic archive are logged with this source.
-    assert "shared objects file (top)" in (tmp_path / "second.log").read_text()
+    assert "shared objects file (top)" in (tmp_path / "third.log").read_text()
     assert list(folder.glob("spark-*.jsa")) == archives
-    assert not list(folder.glob("*.log")), "the JVM's class-data log was left behind"
+    assert not list(Path(tempfile.gettempdir()).glob(f"anomaly-spark-{archives[0].stem}.*.log")), "the JVM's class-data log was left behind"
 
     archives[0].chmod(0o644)
     archives[0].write_bytes(b"not an archive" * 1000)
-    third = _start_jvm(folder, tmp_path / "third.log")
-    assert third.returncode == 0, third.stderr
-    assert "rows 7" in third.stdout
-    assert "could not use its class archive" in third.stderr
-    assert not archives[0].exists(), "an archive the JVM refused was kept"
+    fourth = _start_jvm(folder, tmp_path / "fourth.log")
+    assert fourth.returncode == 0, fourth.stderr
+    assert "rows 7" in fourth.stdout
+    assert "could not use its class archive" in fourth.stderr
+    assert not archives[0].exists(), "an archive the JVM could not use was kept"
 
 
 def test_archive_folder_follows_the_config(tmp_path: Path) -> None:
