@@ -82,6 +82,10 @@ def create_spark_session(
             archive = None
     if added:
         settings["spark.driver.extraJavaOptions"] = " ".join([java_options, *added]).strip()
+        chosen = ["quick JIT tier only"] if quick_jit and "-XX:TieredStopAtLevel=1" in added else []
+        if archive is not None:
+            chosen.append(f"class archive {archive.path}" if archive.path.is_file() else "class archive written at exit")
+        logger.info("driver JVM: %s", ", ".join(chosen))
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
