@@ -9,9 +9,10 @@ to write one at exit (the first only leaves a marker, see
 :meth:`ClassArchive.java_options`). Later runs with the same Java and the
 same Spark jars read it.
 
-The archive belongs to one Java build and one class path, so its file name
-holds a hash of both. A JVM that cannot use an archive runs without it; the
-archive is then removed, and the next run writes a new one.
+The archive belongs to one Java build, one class path and one set of JVM
+options, so its file name contains a hash of them. A JVM that cannot use an
+archive runs without it. The archive is then removed, and the next run
+writes a new one.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class ClassArchive:
     folder : Path
         Where the archives are kept; created when missing.
     conf : mapping
-        The Spark settings the session starts with. Settings that change the
-        driver's class path take part in the archive's name.
+        The Spark settings the session starts with. The driver's extra class
+        path and JVM options take part in the archive's name.
     """
 
     def __init__(self, folder: Path, conf: Mapping[str, str]) -> None:
@@ -88,7 +89,7 @@ class ClassArchive:
         messages to a log file, which :meth:`after_start` reads. Without one,
         the first run only leaves a marker file, so that a container or CI
         job whose folder is discarded after one run does not spend seconds
-        writing an archive nobody reads. A later run that finds the marker
+        writing an archive that no later run reads. A later run that finds the marker
         has the JVM write the archive under a name of this process when it
         exits, and :meth:`after_start` arranges for the exit to be awaited.
         """
@@ -118,7 +119,7 @@ class ClassArchive:
             self._log.unlink(missing_ok=True)
             if _UNUSABLE in text:
                 self.path.unlink(missing_ok=True)
-                logger.info("the JVM could not use its class archive %s; it was removed and the next run writes a new one", self.path)
+                logger.info("the JVM could not use its class archive %s, so it was removed. The next run writes a new one.", self.path)
         if self._partial is not None:
             atexit.register(self._finish_writing)
 
@@ -172,7 +173,7 @@ def user_chose_archive(java_options: str) -> bool:
 
 
 def _class_path_key(conf: Mapping[str, str]) -> str:
-    """Hash the Java build and the driver's class path into 16 hex digits."""
+    """Hash the Java build, the driver's class path and the user's driver JVM options into 16 hex digits."""
     digest = hashlib.sha256()
     java = _java_executable()
     parts = [str(java)]
@@ -185,6 +186,8 @@ def _class_path_key(conf: Mapping[str, str]) -> str:
     if jars.is_dir():
         parts += sorted(f"{p.name}:{p.stat().st_size}" for p in jars.iterdir())
     parts.append(str(conf.get("spark.driver.extraClassPath", "")))
+    # Options such as the garbage collector or compressed pointers decide whether the JVM accepts an archive.
+    parts.append(str(conf.get("spark.driver.extraJavaOptions", "")))
     digest.update("\n".join(parts).encode())
     return digest.hexdigest()[:16]
 

@@ -184,7 +184,7 @@ def history_command(dataset_key: str | None, output: str | None, limit: int, mas
         app_name=f"{config.get('spark.app_name')}-history",
         conf=config.get("spark.conf"),
         class_archive=archive_folder(config),
-        # The metrics history holds a few rows per run.
+        # The metrics history contains a few rows per run.
         quick_jit=True,
     )
     runs = run_overview(spark, output_dir, dataset_key, limit=limit)

@@ -68,7 +68,7 @@ def create_spark_session(
     settings.update({key: str(value) for key, value in (conf or {}).items()})
     archive = None
     java_options = settings.get("spark.driver.extraJavaOptions", "")
-    # Only a JVM that starts here can take these options; under spark-submit it is already running.
+    # Only a JVM that starts here can take these options. Under spark-submit it is already running.
     starts_here = "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._active_spark_context is None
     added: list[str] = []
     if starts_here and quick_jit and master and master.startswith("local") and "Tiered" not in java_options:
@@ -82,7 +82,7 @@ def create_spark_session(
             archive = None
     if added:
         settings["spark.driver.extraJavaOptions"] = " ".join([java_options, *added]).strip()
-        chosen = ["quick JIT tier only"] if quick_jit and "-XX:TieredStopAtLevel=1" in added else []
+        chosen = ["quick JIT tier only"] if "-XX:TieredStopAtLevel=1" in added else []
         if archive is not None:
             chosen.append(f"class archive {archive.path}" if archive.path.is_file() else "class archive written at exit")
         logger.info("driver JVM: %s", ", ".join(chosen))

@@ -1,4 +1,4 @@
-"""The driver JVM's class-data archive: written once, read by later JVMs, replaced when it does not fit."""
+"""The driver JVM's class-data archive: a marker first, then written, read by later JVMs, and replaced when unusable."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ _SCRIPT = textwrap.dedent(
 
 
 def _start_jvm(folder: Path, class_log: Path, jit: str = "full") -> subprocess.CompletedProcess[str]:
+    # The log's path is one of the JVM options that name the archive, so every start uses the same path.
+    class_log.unlink(missing_ok=True)
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1")
     return subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(folder), str(class_log), jit], capture_output=True, text=True, timeout=600, env=env
@@ -46,16 +48,17 @@ def _start_jvm(folder: Path, class_log: Path, jit: str = "full") -> subprocess.C
 
 def test_archive_written_read_and_replaced(tmp_path: Path) -> None:
     folder = tmp_path / "jvm"
+    class_log = tmp_path / "classes.log"
 
     # The first JVM only leaves a marker, so a folder that lives for one run gets no archive.
-    first = _start_jvm(folder, tmp_path / "first.log")
+    first = _start_jvm(folder, class_log)
     assert first.returncode == 0, first.stderr
     assert "rows 7" in first.stdout
     assert "-XX:TieredStopAtLevel=1" not in first.stdout
     assert not list(folder.glob("spark-*.jsa"))
     assert len(list(folder.glob("spark-*.seen"))) == 1
 
-    second = _start_jvm(folder, tmp_path / "second.log")
+    second = _start_jvm(folder, class_log)
     assert second.returncode == 0, second.stderr
     assert "rows 7" in second.stdout
     # The JVM's messages about classes it cannot archive stay off the console.
@@ -66,27 +69,27 @@ def test_archive_written_read_and_replaced(tmp_path: Path) -> None:
     assert len(archives) == 1
     assert archives[0].stat().st_size > 10 * 2**20
     assert not list(folder.glob("*.partial")), "the unfinished archive was not moved in place"
-    assert "shared objects file (top)" not in (tmp_path / "second.log").read_text()
+    assert "shared objects file (top)" not in class_log.read_text()
 
-    third = _start_jvm(folder, tmp_path / "third.log", jit="quick")
+    third = _start_jvm(folder, class_log, jit="quick")
     assert third.returncode == 0, third.stderr
     assert "rows 7" in third.stdout
     assert "-XX:TieredStopAtLevel=1" in third.stdout
     # Classes mapped from the dynamic archive are logged with this source.
-    assert "shared objects file (top)" in (tmp_path / "third.log").read_text()
+    assert "shared objects file (top)" in class_log.read_text()
     assert list(folder.glob("spark-*.jsa")) == archives
     assert not list(Path(tempfile.gettempdir()).glob(f"anomaly-spark-{archives[0].stem}.*.log")), "the JVM's class-data log was left behind"
 
     archives[0].chmod(0o644)
     archives[0].write_bytes(b"not an archive" * 1000)
-    fourth = _start_jvm(folder, tmp_path / "fourth.log")
+    fourth = _start_jvm(folder, class_log)
     assert fourth.returncode == 0, fourth.stderr
     assert "rows 7" in fourth.stdout
     assert "could not use its class archive" in fourth.stderr
     assert not archives[0].exists(), "an archive the JVM could not use was kept"
 
 
-def test_archive_folder_follows_the_config(tmp_path: Path) -> None:
+def test_archive_folder_follows_config(tmp_path: Path) -> None:
     assert archive_folder(load_config(overrides=["spark.class_archive=false"])) is None
     assert archive_folder(load_config(overrides=[f"spark.class_archive_dir={tmp_path}"])) == tmp_path
     assert archive_folder(load_config()) == default_archive_folder()
@@ -112,6 +115,7 @@ def test_archive_name_follows_class_path(tmp_path: Path) -> None:
     plain = ClassArchive(tmp_path, {})
     extended = ClassArchive(tmp_path, {"spark.driver.extraClassPath": "/opt/extra.jar"})
     assert plain.path != extended.path
+    assert ClassArchive(tmp_path, {"spark.driver.extraJavaOptions": "-XX:+UseSerialGC"}).path != plain.path
     assert ClassArchive(tmp_path, {}).path == plain.path
 
 

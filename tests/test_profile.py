@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,16 @@ def test_statistics_on_benchmark_table(spark: Any, benchmarks_dir: Path) -> None
     assert len(result["correlation"]["spearman"]) == len(features)
     # The radius, perimeter and area measurements of the same tumour move together.
     assert any(set(p["features"]) == {"f0", "f2"} for p in result["high_correlation_pairs"])
+
+
+def test_moments_of_tiny_variance() -> None:
+    from pyspark.sql import Row
+
+    from anomaly_spark.profile import _moments
+
+    # The values 1e-100 and 2e-100 centred on the first: a variance of 2.5e-201, whose square is 0.0 in a double.
+    sums = Row(s1_0=1e-100, s2_0=1e-200, s3_0=1e-300, s4_0=0.0)
+    moments = _moments(0, 1e-100, 2, sums)
+    assert moments["mean0"] == pytest.approx(1.5e-100)
+    assert moments["sd0"] == pytest.approx(math.sqrt(5e-201))
+    assert moments["kurt0"] is None
