@@ -16,7 +16,7 @@ from typing import Any, Callable, cast
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
+from pyspark import InheritableThread, StorageLevel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -34,7 +34,7 @@ from .history import CHOSEN_METRIC_PREFIX, append_metrics, previous_successful_r
 from .ingest import ROW_ID, IngestResult, dataset_key_for, ingest_source
 from .ingest.http import ApiError, check_no_inline_secrets
 from .logs import append_error_record, close_run_log, configure_logging, mask_secrets, stage
-from .preprocess import PREPROCESS_VERSION, fit_preprocessing, preprocess_summary
+from .preprocess import PREPROCESS_VERSION, fit_and_prepare, preprocess_summary
 from .profile import feature_statistics
 from .validate import ValidationResult, check_feature_count, raise_on_failure, validate_data
 from .replay import replay_ingest
@@ -45,7 +45,7 @@ from .retrain import RetrainRules, recommend_retrain
 from .rundoc import write_run_doc
 from .sample import SAMPLE_LABEL_COLUMN, build_sample_csv
 from .session import create_spark_session, is_small_local_source
-from .scoring import activate_model, save_model
+from .scoring import SCORES_TABLE_OPTIONS, activate_model, save_model
 from .search import create_configured_detectors, train_detectors
 from .selection import (
     SELECTION_RULES,
@@ -133,6 +133,54 @@ class _Context:
     retrain: dict[str, Any] | None = None
     # Storage level of the flat snapshot's cache, which the later caches share.
     cache_level: StorageLevel = field(default_factory=lambda: StorageLevel.MEMORY_AND_DISK)
+    # Writes that run beside the stages. The artifacts stage waits for them.
+    background: list["_InBackground"] = field(default_factory=list)
+
+
+class _InBackground:
+    """Run ``action`` in a thread beside the stages, and raise its exception from ``wait``.
+
+    Spark runs the thread's jobs on the cores that the driver's own work
+    (such as fitting detectors on a local sample) leaves idle.
+    """
+
+    def __init__(self, action: Callable[[], Any], what: str) -> None:
+        self.what = what
+        self._action = action
+        self._error: BaseException | None = None
+        # InheritableThread carries the Spark job properties of the starting thread into the new one.
+        self._thread = InheritableThread(target=self._run, name=what, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._action()
+        except BaseException as exc:  # raised again by wait() in the thread of the run
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the action to end and raise its exception, if any."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _defer(context: _Context, action: Callable[[], Any], what: str) -> None:
+    context.background.append(_InBackground(action, what))
+
+
+def _wait_background(context: _Context, *, failing: bool = False) -> None:
+    """Wait for every background write, and raise the first error unless the run is ``failing`` already."""
+    pending, context.background = context.background, []
+    first: BaseException | None = None
+    for task in pending:
+        try:
+            task.wait()
+        except Exception as exc:
+            logger.error("%s failed: %s: %s", task.what, type(exc).__name__, exc)
+            first = first or exc
+    if first is not None and not failing:
+        raise first
 
 
 def run_analysis(
@@ -188,6 +236,7 @@ def run_analysis(
     try:
         report_path = _run_stages(context)
     except Exception as exc:
+        _wait_background(context, failing=True)
         _record_failure(context, exc)
         update_runs_index(output)
         close_run_log(run_id)
@@ -255,7 +304,10 @@ def _run_stages(context: _Context) -> Path:
             # A replay reads the original run's flat snapshot and never opens the source.
             ingested = replay_ingest(spark, config, summary["replay_of"], context.output)
         else:
-            ingested = ingest_source(spark, config, context.run_id, context.output)
+            # The raw table is written beside the later stages, on the cores that the driver's work leaves idle.
+            ingested = ingest_source(
+                spark, config, context.run_id, context.output, defer=lambda action, what: _defer(context, action, what)
+            )
         counts.update(rows=ingested.rows, pages=ingested.pages)
     context.cache_level = ingested.flat.storageLevel
     summary.update(
@@ -304,7 +356,7 @@ def _run_stages(context: _Context) -> Path:
     write_json(context.run_dir / "statistics.json", statistics)
 
     with stage(logger, "preprocess", timings) as counts:
-        prepared, preprocess_info = _preprocess(context, selection)
+        prepared, prepared_cache, preprocess_info = _preprocess(context, selection)
         rows_scored = prepared.count()
         counts.update(rows=rows_scored, missing_cells_filled=sum(selection.null_counts.values()))
     # The prepared rows are cached now; releasing the flat snapshot leaves memory to the stages that follow.
@@ -320,7 +372,7 @@ def _run_stages(context: _Context) -> Path:
         sample = make_evaluation_sample(training, int(config.get("detection.eval_sample_rows")), seed, spark)
         scored, results = _train_and_score(context, prepared, sample)
         # The scored rows are cached and contain every column of the prepared rows.
-        prepared.unpersist()
+        prepared_cache.unpersist()
         counts.update(rows=rows_scored, models=len(results), training_rows=len(training))
 
     with stage(logger, "evaluate", timings) as counts:
@@ -354,10 +406,11 @@ def _run_stages(context: _Context) -> Path:
         )
 
     with stage(logger, "artifacts", timings) as counts:
+        _wait_background(context)
         report_path = _write_artifacts(context, scored, training, results, best, selection, ingested)
         counts.update(rows=rows_scored, files=len(summary["artifacts"]))
     scored.unpersist()
-    prepared.unpersist()
+    prepared_cache.unpersist()
     ingested.flat.unpersist()
     logger.info("run %s finished: %s flagged %d of %d rows; report %s", context.run_id, best.name, summary["anomalies_flagged"], rows_scored, report_path)
     return report_path
@@ -427,16 +480,17 @@ def _assess_drift(context: _Context, ingested: IngestResult, best: ModelResult, 
     summary["retrain"] = context.retrain
 
 
-def _preprocess(context: _Context, selection: FeatureSelection) -> tuple[DataFrame, dict[str, Any]]:
-    model = fit_preprocessing(selection.data, selection.features, context.config)
-    model.write().overwrite().save(str(context.output / "models" / context.run_id / "preprocess"))
-    prepared = model.transform(selection.data).drop("__assembled")
+def _preprocess(context: _Context, selection: FeatureSelection) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+    """Fit and save the preprocessing, and return the prepared rows, the cache they read and preprocess.json's content."""
     # The snapshot's storage level, chosen by its size, serves the caches derived from it.
-    prepared = prepared.persist(context.cache_level)
+    model, prepared, cached = fit_and_prepare(selection.data, selection.features, context.config, context.cache_level)
+    # Spark ML persistence writes each stage's metadata in a small job of its own.
+    path = str(context.output / "models" / context.run_id / "preprocess")
+    _defer(context, lambda: model.write().overwrite().save(path), "saving the preprocessing model")
     info = preprocess_summary(model, context.config)
     info["missing_cells_filled"] = dict(selection.null_counts)
     info["model_path"] = str(context.output / "models" / context.run_id / "preprocess")
-    return prepared, info
+    return prepared, cached, info
 
 
 def _record_validation(context: _Context, validation: ValidationResult) -> None:
@@ -701,7 +755,8 @@ def _write_delta_scores(context: _Context, scored: DataFrame, results: list[Mode
         combined = combined.unionByName(frame)
     path = str(context.output / "delta" / "scores")
     retry_on_write_conflict(
-        lambda: combined.write.format("delta").mode("append").partitionBy("run_id").save(path), "append to the scores table"
+        lambda: combined.write.format("delta").mode("append").partitionBy("run_id").options(**SCORES_TABLE_OPTIONS).save(path),
+        "append to the scores table",
     )
 
 

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
-from pyspark import keyword_only
+from pyspark import StorageLevel, keyword_only
 from pyspark.ml import Estimator, Model, Pipeline, PipelineModel, Transformer
 from pyspark.ml.feature import StandardScaler, StandardScalerModel, VectorAssembler
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -31,6 +31,7 @@ __all__ = [
     "GuardedRobustScaler",
     "GuardedRobustScalerModel",
     "SentinelReplacer",
+    "fit_and_prepare",
     "fit_preprocessing",
     "numeric_sentinels",
     "preprocess_summary",
@@ -256,12 +257,8 @@ class GuardedRobustScalerModel(Model, _ScalerParams, DefaultParamsReadable["Guar
         return dataset.withColumn(self.getOutputCol(), array_to_vector(scaled))
 
 
-def fit_preprocessing(df: DataFrame, features: list[str], config: Config) -> PipelineModel:
-    """Fit sentinel replacement, the KMeans fill, the vector assembler and the scaler on ``df``.
-
-    The fitted pipeline replaces missing cells in the feature columns and
-    adds the scaled ``features`` vector that detectors read.
-    """
+def _preprocessing_stages(features: list[str], config: Config) -> list[Any]:
+    """Return the unfitted stages: sentinel replacement, the KMeans fill, the vector assembler and the scaler."""
     sentinels = SentinelReplacer(sentinels=numeric_sentinels(config, features))
     imputer = KMeansImputer(
         inputCols=features,
@@ -278,7 +275,43 @@ def fit_preprocessing(df: DataFrame, features: list[str], config: Config) -> Pip
     else:
         # Spark's StandardScaler maps a zero-variance feature to 0 instead of dividing by zero.
         scaler = StandardScaler(inputCol=_ASSEMBLED, outputCol=FEATURES, withMean=True, withStd=True)
-    return Pipeline(stages=[sentinels, imputer, assembler, scaler]).fit(df)
+    return [sentinels, imputer, assembler, scaler]
+
+
+def fit_preprocessing(df: DataFrame, features: list[str], config: Config) -> PipelineModel:
+    """Fit sentinel replacement, the KMeans fill, the vector assembler and the scaler on ``df``.
+
+    The fitted pipeline replaces missing cells in the feature columns and
+    adds the scaled ``features`` vector that detectors read.
+    """
+    return Pipeline(stages=_preprocessing_stages(features, config)).fit(df)
+
+
+def fit_and_prepare(
+    df: DataFrame, features: list[str], config: Config, level: StorageLevel
+) -> tuple[PipelineModel, DataFrame, DataFrame]:
+    """Fit the preprocessing on ``df`` and prepare ``df`` with it, filling the missing cells once.
+
+    ``fit_preprocessing(df).transform(df)`` runs the fill twice: for the
+    scaler's fit and again for the prepared rows. Here the filled and
+    assembled rows are cached at ``level`` by the scaler's fit, and the
+    prepared rows scale that cache on each pass. The model equals the one
+    ``fit_preprocessing`` returns.
+
+    Returns
+    -------
+    tuple
+        The fitted pipeline, the prepared rows (``df``'s columns, filled,
+        plus ``features``) and the cached frame, which the caller releases
+        with ``unpersist`` once the prepared rows are no longer read.
+    """
+    sentinels, imputer, assembler, scaler = _preprocessing_stages(features, config)
+    replaced = sentinels.transform(df)
+    imputer_model = imputer.fit(replaced)
+    assembled = assembler.transform(imputer_model.transform(replaced)).persist(level)
+    scaler_model = scaler.fit(assembled)
+    model = PipelineModel(stages=[sentinels, imputer_model, assembler, scaler_model])
+    return model, scaler_model.transform(assembled).drop(_ASSEMBLED), assembled
 
 
 def _stage(model: PipelineModel, kind: type) -> Any:

@@ -32,7 +32,7 @@ from .features import select_features
 from .ingest import ROW_ID, ingest_source
 from .thresholds import IS_ANOMALY, Threshold, flag_expression
 
-__all__ = ["ScoringError", "ScoreResult", "save_model", "activate_model", "resolve_model_folder", "score_new_data", "MODEL_JSON", "ACTIVE_JSON"]
+__all__ = ["SCORES_TABLE_OPTIONS", "ScoringError", "ScoreResult", "save_model", "activate_model", "resolve_model_folder", "score_new_data", "MODEL_JSON", "ACTIVE_JSON"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,12 @@ def score_new_data(spark: SparkSession, config: Config, model: str, score_id: st
     return ScoreResult(score_id, run_dir, written, anomalies, str(metadata["run_id"]))
 
 
+# Table properties of a new scores table. Each of its files holds the rows of one model, so statistics
+# on the model column let a query for one model skip the other models' files. Statistics on the key
+# and score columns would take about a third of the write's time and skip little.
+SCORES_TABLE_OPTIONS = {"delta.dataSkippingStatsColumns": "model"}
+
+
 def _append_delta_scores(rows: DataFrame, output: Path, score_id: str, dataset_key: str, key_column: str, model: str) -> None:
     frame = rows.select(
         F.lit(score_id).alias("run_id"),
@@ -194,7 +200,9 @@ def _append_delta_scores(rows: DataFrame, output: Path, score_id: str, dataset_k
         F.col(IS_ANOMALY),
         F.lit(True).alias("is_best_model"),
     )
-    frame.write.format("delta").mode("append").partitionBy("run_id").save(str(output / "delta" / "scores"))
+    frame.write.format("delta").mode("append").partitionBy("run_id").options(**SCORES_TABLE_OPTIONS).save(
+        str(output / "delta" / "scores")
+    )
 
 
 def describe_model(folder: Path) -> dict[str, Any]:

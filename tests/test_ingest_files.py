@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import types as T
 
 from anomaly_spark.config import load_config
-from anomaly_spark.ingest import IngestError, ingest_source
+from anomaly_spark.ingest import IngestError, _committed_rows, ingest_source
 
 
 def _ingest(spark: Any, output: Path, run_id: str, **settings: Any) -> Any:
@@ -133,3 +133,17 @@ def test_ingest_explode_unknown_path_fails(spark: Any, api_samples_dir: Path, ou
         )
     assert "wether" in str(caught.value)
     assert "weather" in str(caught.value)
+
+
+def test_ingest_takes_row_count_from_its_own_commit(spark: Any, output_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "readings.json"
+    source.write_text("\n".join(json.dumps({"x": float(i), "y": i % 3}) for i in range(7)))
+    _ingest(spark, output_dir, "commit-1", **{"source.path": str(source)})
+    result = _ingest(spark, output_dir, "commit-2", **{"source.path": str(source)})
+    flat = output_dir / "delta" / "flat"
+    # The commit of each run is found by its tag among the later commits of other runs.
+    assert _committed_rows(spark, flat, "anomaly-spark run commit-1") == 7
+    assert _committed_rows(spark, flat, "anomaly-spark run commit-2") == result.rows == 7
+    assert _committed_rows(spark, flat, "anomaly-spark run absent") is None
+    assert result.flat.is_cached
+    result.flat.unpersist()

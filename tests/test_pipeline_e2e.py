@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 from anomaly_spark.cli import cli
 from anomaly_spark.config import load_config
-from anomaly_spark.pipeline import RunResult, run_analysis
+from anomaly_spark.pipeline import RunResult, _InBackground, _wait_background, run_analysis
 
 from .apiserver import ApiServer
 
@@ -56,6 +57,10 @@ def _assert_run_artifacts(result: RunResult) -> dict[str, Any]:
     assert len(summary["models"]) >= 3
     assert sorted(m["rank"] for m in summary["models"]) == list(range(1, len(summary["models"]) + 1))
     assert summary["best_model"]["rationale"]
+    # The detectors are fitted in threads; their records still carry the run id into log.jsonl.
+    records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    fitted = {r["message"].split()[1] for r in records if r["message"].startswith("fitted ") and r["run_id"] == result.run_id}
+    assert fitted >= {m["name"] for m in summary["models"] if m["kind"] == "detector"}
     return summary
 
 
@@ -82,6 +87,17 @@ def test_pipeline_benchmark_table_beats_chance(spark: Any, benchmarks_dir: Path,
     assert history.filter(f"run_id = '{result.run_id}' AND metric = 'roc_auc'").count() == len(summary["models"])
     scores = spark.read.format("delta").load(str(output_dir / "delta" / "scores"))
     assert scores.filter(f"run_id = '{result.run_id}'").count() == expected_rows * len(summary["models"])
+    # File statistics cover the model column only, and each file contains one model's rows.
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{output_dir / 'delta' / 'scores'}`").first()
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == "model"
+    added = [
+        json.loads(json.loads(line)["add"]["stats"])
+        for log in sorted((output_dir / "delta" / "scores" / "_delta_log").glob("*.json"))
+        for line in log.read_text().splitlines()
+        if '"add"' in line
+    ]
+    assert added and all(set(stats["minValues"]) == {"model"} for stats in added)
+    assert all(stats["minValues"]["model"] == stats["maxValues"]["model"] for stats in added)
 
 
 def _serve_file(path: Path) -> Any:
@@ -177,3 +193,20 @@ def test_cli_unknown_detector_rejected_before_run(tmp_path: Path) -> None:
     assert "unknown detector 'nope'" in outcome.output
     assert "kmeans_distance" in outcome.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_background_write_error_reaches_the_run(spark: Any, caplog: pytest.LogCaptureFixture) -> None:
+    def fail() -> None:
+        assert spark.range(3).count() == 3  # a Spark job from the background thread
+        raise RuntimeError("disk full")
+
+    context = SimpleNamespace(background=[_InBackground(lambda: None, "first write"), _InBackground(fail, "second write")])
+    with pytest.raises(RuntimeError, match="disk full"):
+        _wait_background(context)  # type: ignore[arg-type]
+    assert context.background == []
+
+    # A run that already failed keeps its own error; the background error is logged.
+    context.background = [_InBackground(fail, "third write")]
+    with caplog.at_level("ERROR", logger="anomaly_spark.pipeline"):
+        _wait_background(context, failing=True)  # type: ignore[arg-type]
+    assert "third write failed: RuntimeError: disk full" in caplog.text

@@ -9,13 +9,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from anomaly_spark.config import load_config
 from anomaly_spark.detectors import FEATURES
-from anomaly_spark.preprocess import PREPROCESS_VERSION, fit_preprocessing, numeric_sentinels, preprocess_summary
+from anomaly_spark.preprocess import (
+    PREPROCESS_VERSION,
+    fit_and_prepare,
+    fit_preprocessing,
+    numeric_sentinels,
+    preprocess_summary,
+)
 
 
 def _data(spark: Any) -> tuple[Any, pd.DataFrame]:
@@ -78,3 +85,26 @@ def test_preprocess_sentinels_and_save_load(spark: Any, tmp_path: Path) -> None:
     assert summary["imputer"]["missing_cells"] == 3
     assert summary["imputer"]["rows_all_missing_filled_with_means"] == 0
     assert summary["scaler"]["zero_variance_features"] == []
+
+
+@pytest.mark.parametrize("scaler", ["standard", "robust"])
+def test_fit_and_prepare_matches_pipeline_fit(spark: Any, scaler: str) -> None:
+    data, _ = _data(spark)
+    config = load_config(extra={"preprocess.scaler": scaler, "validation.sentinels.columns": {"reading": [-999]}})
+    features = ["a", "spikes", "reading"]
+
+    model, prepared, cached = fit_and_prepare(data, features, config, StorageLevel.MEMORY_AND_DISK)
+    try:
+        assert cached.storageLevel == StorageLevel.MEMORY_AND_DISK
+        assert "__assembled" not in prepared.columns
+        assert prepared.columns == [*data.columns, FEATURES]
+        rows = prepared.orderBy("id").select(vector_to_array(F.col(FEATURES)).alias("x")).toPandas()
+        from_cache = np.vstack(rows["x"].to_numpy())
+        reference = fit_preprocessing(data, features, config)
+        # The same fitted numbers, so the same prepared rows, whether the rows come from the cache or not.
+        np.testing.assert_array_equal(from_cache, _scaled(reference, data))
+        np.testing.assert_array_equal(_scaled(model, data), from_cache)
+        assert preprocess_summary(model, config) == preprocess_summary(reference, config)
+    finally:
+        cached.unpersist()
+    assert not cached.is_cached

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence, cast
 
 import numpy as np
 import pandas as pd
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -45,23 +45,22 @@ def subsample(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
 def score_vectors(df: DataFrame, score_matrix: Callable[[np.ndarray], np.ndarray]) -> DataFrame:
     """Append ``anomaly_score`` computed by ``score_matrix`` on each Arrow batch of feature vectors.
 
-    The vector column travels as an array through ``mapInPandas``, since
-    Arrow has no vector type, and is rebuilt afterwards.
+    Only the vectors travel to Python, as arrays because Arrow has no vector
+    type. The other columns stay in the JVM.
     """
-    others = [c for c in df.columns if c != FEATURES]
-    arrays = df.select(*[F.col(f"`{c}`") for c in others], vector_to_array(F.col(FEATURES)).alias("__x"))
-    schema = arrays.withColumn(SCORE, F.lit(0.0).cast("double")).schema
 
-    def score(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-        for batch in batches:
-            if len(batch):
-                batch[SCORE] = np.asarray(score_matrix(np.vstack(batch["__x"].to_numpy()).astype(float)), dtype=float)
-            else:
-                batch[SCORE] = pd.Series(dtype=float)
-            yield batch
+    def score(vectors: pd.Series) -> pd.Series:
+        if not len(vectors):
+            return pd.Series(dtype=float)
+        return pd.Series(np.asarray(score_matrix(_matrix(vectors)), dtype=float))
 
-    scored = arrays.mapInPandas(score, schema)
-    return scored.select(*[F.col(f"`{c}`") for c in others], array_to_vector(F.col("__x")).alias(FEATURES), SCORE)
+    udf = F.pandas_udf(score, T.DoubleType())  # type: ignore[call-overload]
+    others = [F.col(f"`{c}`") for c in df.columns if c not in (FEATURES, SCORE)]
+    return df.select(*others, F.col(FEATURES), udf(vector_to_array(F.col(FEATURES))).alias(SCORE))
+
+
+def _matrix(vectors: pd.Series) -> np.ndarray:
+    return np.vstack(vectors.to_numpy()).astype(float)
 
 
 def score_columns(
@@ -69,32 +68,40 @@ def score_columns(
     models: Sequence[tuple[str, "DetectorModel"]],
     derived: Sequence[tuple[str, Callable[[list[np.ndarray]], np.ndarray], list[str]]] = (),
 ) -> DataFrame:
-    """Append one score column per ``(column, model)`` pair in a single ``mapInPandas`` pass.
+    """Append one score column per ``(column, model)`` pair in a single pass of a pandas UDF.
 
     Every model must score a matrix (``model.scores_locally``). The models
     travel to the executors in one broadcast, and each Arrow batch turns its
     vectors into a matrix once for all of them. Each ``(column, function,
     inputs)`` in ``derived`` then adds a column computed from score columns
-    of the same batch (the consensus ranks, say).
+    of the same batch (the consensus ranks, say). Only the vectors and the
+    score columns that ``derived`` reads from ``df`` travel to Python. The
+    other columns stay in the JVM.
     """
     if not models and not derived:
         return df
-    added = [column for column, _ in models] + [column for column, _, _ in derived]
+    model_columns = [column for column, _ in models]
+    added = model_columns + [column for column, _, _ in derived]
+    carried: list[str] = []
+    for _, _, inputs in derived:
+        carried += [c for c in inputs if c not in added and c not in carried]
     broadcast = df.sparkSession.sparkContext.broadcast([model for _, model in models])
-    kept = [c for c in df.columns if c != FEATURES and c not in added]
-    arrays = df.select(*[F.col(f"`{c}`") for c in kept], vector_to_array(F.col(FEATURES)).alias("__x"))
-    # A new StructType: adding to arrays.schema in place would change the cached schema of arrays.
-    schema = T.StructType(list(arrays.schema.fields) + [T.StructField(column, T.DoubleType(), True) for column in added])
 
-    def score(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+    def score(rows: pd.DataFrame) -> pd.DataFrame:
         fitted = broadcast.value
-        for batch in batches:
-            matrix = np.vstack(batch["__x"].to_numpy()).astype(float) if len(batch) else np.empty((0, 0))
-            for (column, _), model in zip(models, fitted):
-                batch[column] = np.asarray(model.score_matrix(matrix), dtype=float) if len(batch) else np.empty(0)
-            for column, function, inputs in derived:
-                batch[column] = np.asarray(function([batch[c].to_numpy(dtype=float) for c in inputs]), dtype=float) if len(batch) else np.empty(0)
-            yield batch
+        values = {column: rows[column].to_numpy(dtype=float) for column in carried}
+        if not len(rows):
+            return pd.DataFrame({column: pd.Series(dtype=float) for column in added})
+        matrix = _matrix(rows["__x"])
+        for column, model in zip(model_columns, fitted):
+            values[column] = np.asarray(model.score_matrix(matrix), dtype=float)
+        for column, function, inputs in derived:
+            values[column] = np.asarray(function([values[c] for c in inputs]), dtype=float)
+        return pd.DataFrame({column: values[column] for column in added})
 
-    scored = arrays.mapInPandas(score, schema)
-    return scored.select(*[F.col(f"`{c}`") for c in kept], array_to_vector(F.col("__x")).alias(FEATURES), *added)
+    schema = T.StructType([T.StructField(column, T.DoubleType(), True) for column in added])
+    udf = F.pandas_udf(score, schema)  # type: ignore[call-overload]
+    kept = [F.col(f"`{c}`") for c in df.columns if c != FEATURES and c not in added]
+    packed = udf(F.struct(vector_to_array(F.col(FEATURES)).alias("__x"), *[F.col(f"`{c}`") for c in carried]))
+    scored = df.select(*kept, F.col(FEATURES), packed.alias("__scores"))
+    return scored.select(*kept, F.col(FEATURES), *[F.col("__scores").getField(column).alias(column) for column in added])

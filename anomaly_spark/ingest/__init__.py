@@ -8,7 +8,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -229,8 +229,20 @@ def _write_raw(spark: SparkSession, raw: DataFrame, output: Path) -> None:
     )
 
 
-def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path) -> IngestResult:
-    """Read the configured source, write the raw and flat Delta tables, return the flat rows of this run."""
+def ingest_source(
+    spark: SparkSession,
+    config: Config,
+    run_id: str,
+    output: Path,
+    defer: Callable[[Callable[[], None], str], None] | None = None,
+) -> IngestResult:
+    """Read the configured source, write the raw and flat Delta tables, return the flat rows of this run.
+
+    Without ``defer``, the raw table is written before the flat table. With
+    it, the raw table's write is passed to ``defer`` as an action and a
+    description. The caller then runs the action, in a background thread for
+    example, and reports its failure.
+    """
     source = config.get("source.path")
     fmt = _detect_format(source, config.get("source.format"))
     ingested_at = F.current_timestamp()
@@ -267,7 +279,11 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
             F.lit(None).cast("string").alias("fetched_at"),
             F.to_json(F.struct(*[F.col(f"`{c}`") for c in nested.columns])).alias("body"),
         )
-    _write_raw(spark, raw.select(*[f.name for f in RAW_SCHEMA.fields]), output)
+    raw = raw.select(*[f.name for f in RAW_SCHEMA.fields])
+    if defer is None:
+        _write_raw(spark, raw, output)
+    else:
+        defer(lambda: _write_raw(spark, raw, output), "appending to the raw table")
 
     flat_path = output / "delta" / "flat"
     table_types = _table_types(spark, flat_path)
@@ -299,9 +315,16 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
         *[F.col(f"`{c}`") for c in flat.columns],
     )
     flat = _align_to_table(flat, table_types, flat_path)
+    # The commit names the run, so its row count can be found in the table's history.
+    commit_tag = f"anomaly-spark run {run_id}"
     try:
         retry_on_write_conflict(
-            lambda: flat.write.format("delta").mode("append").option("mergeSchema", "true").partitionBy(RUN_ID).save(str(flat_path)),
+            lambda: flat.write.format("delta")
+            .mode("append")
+            .option("mergeSchema", "true")
+            .option("userMetadata", commit_tag)
+            .partitionBy(RUN_ID)
+            .save(str(flat_path)),
             "append to the flat table",
         )
     except AnalysisException as exc:
@@ -310,7 +333,8 @@ def ingest_source(spark: SparkSession, config: Config, run_id: str, output: Path
             f"cannot append the flattened rows to {flat_path}: {str(exc).splitlines()[0]}. "
             "A column changed its type since an earlier run; write this source to its own --output folder."
         ) from None
-    snapshot = read_flat_snapshot(spark, output, run_id, list(mapping.values()))
+    written = _committed_rows(spark, flat_path, commit_tag)
+    snapshot = read_flat_snapshot(spark, output, run_id, list(mapping.values()), expected_rows=written)
     rows = snapshot.count()
     if rows == 0:
         raise IngestError(f"the source {shown_source} contains no records; check the path, the format and source.records_path")
@@ -346,6 +370,8 @@ def _table_types(spark: SparkSession, path: Path) -> dict[str, T.DataType]:
     return {f.name.lower(): f.dataType for f in schema.fields}
 
 
+# Commits of other runs may land between this run's append and its look-up of the row count.
+_HISTORY_LOOKBACK = 20
 _NUMERIC_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 
 
@@ -377,7 +403,25 @@ def _align_to_table(flat: DataFrame, table_types: dict[str, T.DataType], flat_pa
     return flat.select(*columns)
 
 
-def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: list[str]) -> DataFrame:
+def _committed_rows(spark: SparkSession, path: Path, tag: str) -> int | None:
+    """Return the rows written by the recent commit to the Delta table at ``path`` whose user metadata is ``tag``.
+
+    None when none of the last ``_HISTORY_LOOKBACK`` commits carries ``tag`` or
+    the commit has no row count.
+    """
+    from delta.tables import DeltaTable
+
+    history = DeltaTable.forPath(spark, str(path)).history(_HISTORY_LOOKBACK)
+    for row in history.filter(F.col("userMetadata") == tag).select("operationMetrics").collect():
+        value = (row["operationMetrics"] or {}).get("numOutputRows")
+        if value is not None:
+            return int(value)
+    return None
+
+
+def read_flat_snapshot(
+    spark: SparkSession, output: Path, run_id: str, columns: list[str], expected_rows: int | None = None
+) -> DataFrame:
     """Read one run's flattened rows back from the flat Delta table, with this run's columns only.
 
     The result has at least ``defaultParallelism`` partitions and is marked
@@ -385,11 +429,13 @@ def read_flat_snapshot(spark: SparkSession, output: Path, run_id: str, columns: 
     in memory with disk spill, or on local disk only for a frame larger
     than :data:`~anomaly_spark.storage.MEMORY_CACHE_CELLS` cells. The
     caller's first action fills the cache, and ``unpersist`` releases it.
+    ``expected_rows``, when known, chooses the storage level; otherwise a
+    count of the rows does.
     """
     table = spark.read.format("delta").load(str(output / "delta" / "flat"))
     snapshot = table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])
     # A count needs no column values, so it reads far less than the passes that follow.
-    rows = snapshot.count()
+    rows = expected_rows if expected_rows is not None else snapshot.count()
     # A small input is often one file, so one partition, and every later pass would run on one core.
     # Round-robin repartitioning sorts each input partition first, so the row order stays deterministic.
     parallelism = spark.sparkContext.defaultParallelism
