@@ -9,14 +9,11 @@ scores better on ``detection.search.trial_metric``.
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import logging
 import math
-import os
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,9 +35,6 @@ from .evaluate import (
 __all__ = ["SearchInfo", "create_configured_detectors", "train_detectors", "parameter_grid"]
 
 logger = logging.getLogger(__name__)
-
-# Detectors fitted at once in simple mode, at most one per driver core.
-_MAX_PARALLEL_FITS = 4
 
 
 @dataclass
@@ -154,22 +148,14 @@ def train_detectors(
         for detector in detectors:
             results.append(_search_detector(detector, prepared, sample, info, share, seed, max_train_rows, int(config.get("detection.search.max_trials"))))
     else:
-
-        def fit(detector: Detector) -> ModelResult:
+        # NOTE: the fits run one after another. Fitting in threads was faster, but the detectors
+        # silence scikit-learn's warnings with warnings.catch_warnings, which is not thread-safe.
+        for detector in detectors:
             params = detector.validated_params()
             began = time.perf_counter()
             model = fit_detector(detector, prepared, sample, seed, max_train_rows)
-            result = _result(detector, model, params, time.perf_counter() - began, max_train_rows)
-            logger.info("fitted %s in %.1f s", detector.name, result.fit_seconds)
-            return result
-
-        # Most fits run scikit-learn on the driver's sample, whose numeric code releases the GIL, so
-        # threads fit several detectors at once on the driver's cores. Every fit has its own seed.
-        workers = max(1, min(len(detectors), os.cpu_count() or 1, _MAX_PARALLEL_FITS))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fit") as pool:
-            # Each fit runs in a copy of this thread's context, which names the run for the log.
-            futures = [pool.submit(contextvars.copy_context().run, fit, detector) for detector in detectors]
-            results = [future.result() for future in futures]
+            results.append(_result(detector, model, params, time.perf_counter() - began, max_train_rows))
+            logger.info("fitted %s in %.1f s", detector.name, results[-1].fit_seconds)
     info.seconds = time.perf_counter() - started
     return results, info
 

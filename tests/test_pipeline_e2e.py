@@ -57,7 +57,7 @@ def _assert_run_artifacts(result: RunResult) -> dict[str, Any]:
     assert len(summary["models"]) >= 3
     assert sorted(m["rank"] for m in summary["models"]) == list(range(1, len(summary["models"]) + 1))
     assert summary["best_model"]["rationale"]
-    # The detectors are fitted in threads; their records still carry the run id into log.jsonl.
+    # Every detector's fit is logged with the run id in log.jsonl.
     records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     fitted = {r["message"].split()[1] for r in records if r["message"].startswith("fitted ") and r["run_id"] == result.run_id}
     assert fitted >= {m["name"] for m in summary["models"] if m["kind"] == "detector"}
