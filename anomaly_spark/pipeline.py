@@ -144,12 +144,12 @@ class _InBackground:
     (such as fitting detectors on a local sample) leaves idle.
     """
 
-    def __init__(self, action: Callable[[], Any], what: str) -> None:
-        self.what = what
+    def __init__(self, action: Callable[[], Any], description: str) -> None:
+        self.description = description
         self._action = action
         self._error: BaseException | None = None
         # InheritableThread carries the Spark job properties of the starting thread into the new one.
-        self._thread = InheritableThread(target=self._run, name=what, daemon=True)
+        self._thread = InheritableThread(target=self._run, name=description, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -165,8 +165,8 @@ class _InBackground:
             raise self._error
 
 
-def _defer(context: _Context, action: Callable[[], Any], what: str) -> None:
-    context.background.append(_InBackground(action, what))
+def _defer(context: _Context, action: Callable[[], Any], description: str) -> None:
+    context.background.append(_InBackground(action, description))
 
 
 def _wait_background(context: _Context, *, failing: bool = False) -> None:
@@ -177,7 +177,7 @@ def _wait_background(context: _Context, *, failing: bool = False) -> None:
         try:
             task.wait()
         except Exception as exc:
-            logger.error("%s failed: %s: %s", task.what, type(exc).__name__, exc)
+            logger.error("%s failed: %s: %s", task.description, type(exc).__name__, exc)
             first = first or exc
     if first is not None and not failing:
         raise first
@@ -306,7 +306,7 @@ def _run_stages(context: _Context) -> Path:
         else:
             # The raw table is written beside the later stages, on the cores that the driver's work leaves idle.
             ingested = ingest_source(
-                spark, config, context.run_id, context.output, defer=lambda action, what: _defer(context, action, what)
+                spark, config, context.run_id, context.output, defer=lambda action, description: _defer(context, action, description)
             )
         counts.update(rows=ingested.rows, pages=ingested.pages)
     context.cache_level = ingested.flat.storageLevel

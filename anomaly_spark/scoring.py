@@ -184,7 +184,7 @@ def score_new_data(spark: SparkSession, config: Config, model: str, score_id: st
     return ScoreResult(score_id, run_dir, written, anomalies, str(metadata["run_id"]))
 
 
-# Table properties of a new scores table. Each of its files holds the rows of one model, so statistics
+# Table properties of a new scores table. Each of its files contains the rows of one model, so statistics
 # on the model column let a query for one model skip the other models' files. Statistics on the key
 # and score columns would take about a third of the write's time and skip little.
 SCORES_TABLE_OPTIONS = {"delta.dataSkippingStatsColumns": "model"}

@@ -101,7 +101,7 @@ def score_columns(
 
     schema = T.StructType([T.StructField(column, T.DoubleType(), True) for column in added])
     udf = F.pandas_udf(score, schema)  # type: ignore[call-overload]
-    kept = [F.col(f"`{c}`") for c in df.columns if c != FEATURES and c not in added]
+    unchanged = [F.col(f"`{c}`") for c in df.columns if c != FEATURES and c not in added]
     packed = udf(F.struct(vector_to_array(F.col(FEATURES)).alias("__x"), *[F.col(f"`{c}`") for c in carried]))
-    scored = df.select(*kept, F.col(FEATURES), packed.alias("__scores"))
-    return scored.select(*kept, F.col(FEATURES), *[F.col("__scores").getField(column).alias(column) for column in added])
+    scored = df.select(*unchanged, F.col(FEATURES), packed.alias("__scores"))
+    return scored.select(*unchanged, F.col(FEATURES), *[F.col("__scores").getField(column).alias(column) for column in added])
