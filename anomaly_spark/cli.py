@@ -140,7 +140,7 @@ def score_command(
     from .pipeline import new_run_id, validate_run_id
     from .class_archive import archive_folder
     from .scoring import ScoringError, score_new_data
-    from .session import create_spark_session
+    from .session import create_spark_session, is_small_local_source
 
     try:
         config = build_config(config_file, source, source_format, records_path, None, output, master, None, None, ())
@@ -152,6 +152,7 @@ def score_command(
         app_name=f"{config.get('spark.app_name')}-score",
         conf=config.get("spark.conf"),
         class_archive=archive_folder(config),
+        small_input=is_small_local_source(config.get("source.path"), float(config.get("spark.small_input_max_mb"))),
     )
     try:
         result = score_new_data(spark, config, model, score_id)
@@ -185,7 +186,7 @@ def history_command(dataset_key: str | None, output: str | None, limit: int, mas
         conf=config.get("spark.conf"),
         class_archive=archive_folder(config),
         # The metrics history contains a few rows per run.
-        quick_jit=True,
+        small_input=True,
     )
     runs = run_overview(spark, output_dir, dataset_key, limit=limit)
     click.echo(format_history_table(runs))

@@ -57,7 +57,7 @@ _CHOICES: dict[str, set[str]] = {
 # Inclusive numeric bounds (None = unbounded).
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "run.seed": (0, None),
-    "spark.quick_jit_max_mb": (0, None),
+    "spark.small_input_max_mb": (0, None),
     "detection.contamination": (1e-6, 0.5),
     "detection.max_train_rows": (100, None),
     "detection.eval_sample_rows": (100, 1_000_000),

@@ -238,6 +238,7 @@ def _numeric_frame(df: DataFrame, side: str, columns: list[str]) -> DataFrame:
 
 def _profile_aggregates(columns: list[str], accuracy: int) -> list[Column]:
     aggregates: list[Column] = [F.count(F.lit(1)).alias("rows")]
+    grid = F.lit(_GRID_PROBABILITIES)
     for index in range(len(columns)):
         value = F.col(f"c{index}")
         finite = F.when(~F.isnan(value), value)
@@ -247,7 +248,7 @@ def _profile_aggregates(columns: list[str], accuracy: int) -> list[Column]:
             F.max(finite).alias(f"max{index}"),
             F.avg(finite).alias(f"mean{index}"),
             F.stddev_samp(finite).alias(f"std{index}"),
-            F.percentile_approx(finite, _GRID_PROBABILITIES, accuracy).alias(f"q{index}"),
+            F.percentile_approx(finite, grid, accuracy).alias(f"q{index}"),
         ]
     return aggregates
 

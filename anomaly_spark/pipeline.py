@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import re
 import shlex
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -40,7 +42,6 @@ from .validate import ValidationResult, check_feature_count, raise_on_failure, v
 from .replay import replay_ingest
 from .report import load_history_trend, render_report
 from .report.index import update_runs_index
-from .report.plots import plot_feature_distributions, plot_history_trend, plot_projection, plot_score_distribution
 from .retrain import RetrainRules, recommend_retrain
 from .rundoc import write_run_doc
 from .sample import SAMPLE_LABEL_COLUMN, build_sample_csv
@@ -183,6 +184,25 @@ def _wait_background(context: _Context, *, failing: bool = False) -> None:
         raise first
 
 
+def _import_in_background(modules: list[str]) -> None:
+    """Import ``modules`` in a daemon thread, so that they load while the driver JVM starts.
+
+    Until the JVM is up, the interpreter only waits for it, about a second.
+    A module that fails to import here raises its error again where a stage
+    imports it.
+    """
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                logger.debug("background import of %s failed: %s", name, exc)
+                return
+
+    threading.Thread(target=load, name="anomaly-spark-imports", daemon=True).start()
+
+
 def run_analysis(
     config: Config,
     run_id: str | None = None,
@@ -216,12 +236,13 @@ def run_analysis(
     logger.info("run %s started; output folder %s", run_id, output)
 
     if spark is None:
+        _import_in_background(["scipy.stats"] + (["anomaly_spark.report.plots"] if config.get("run.plots") else []))
         spark = create_spark_session(
             master=config.get("spark.master"),
             app_name=f"{config.get('spark.app_name')}-{run_id}",
             conf=config.get("spark.conf"),
             class_archive=archive_folder(config),
-            quick_jit=is_small_local_source(config.get("source.path"), float(config.get("spark.quick_jit_max_mb"))),
+            small_input=is_small_local_source(config.get("source.path"), float(config.get("spark.small_input_max_mb"))),
         )
     context = _Context(spark, config, run_id, output, run_dir, started_at)
     context.summary = {
@@ -761,6 +782,9 @@ def _write_delta_scores(context: _Context, scored: DataFrame, results: list[Mode
 
 
 def _write_plots(context: _Context, scored: DataFrame, best: ModelResult) -> dict[str, Path]:
+    # run_analysis loads this module in the background while Spark starts. A run without plots never imports it.
+    from .report.plots import plot_feature_distributions, plot_history_trend, plot_projection, plot_score_distribution
+
     limit = int(context.config.get("report.plot_sample_rows"))
     total = context.summary["rows_scored"]
     sample_df = scored

@@ -18,7 +18,6 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from scipy import stats as scipy_stats
 
 __all__ = ["PERCENTILE_GRID", "QUANTILE_ACCURACY", "profile_columns", "feature_statistics", "constant_columns"]
 
@@ -108,8 +107,11 @@ def profile_columns(
     placeholders = [str(v) for v in null_values or []]
     types = {f.name: f.dataType for f in df.schema.fields}
     aggregates: list[Column] = [F.count(F.lit(1)).alias("rows")]
+    # One array literal serves all columns. PySpark turns a Python list into a literal one element
+    # at a time, and those calls to the JVM took about a second for 22 columns.
+    grid = F.lit(PERCENTILE_GRID)
     for index, name in enumerate(columns):
-        aggregates += _column_aggregates(index, name, types[name], placeholders)
+        aggregates += _column_aggregates(index, name, types[name], placeholders, grid)
     extra = dict(extra_aggregates or {})
     aggregates += [expression.alias(f"extra{index}") for index, expression in enumerate(extra.values())]
     first = df.agg(*aggregates).first()
@@ -186,7 +188,7 @@ def _moments(index: int, centre: float, count: int, sums: Row | None) -> dict[st
     }
 
 
-def _column_aggregates(index: int, name: str, data_type: T.DataType, placeholders: list[str]) -> list[Column]:
+def _column_aggregates(index: int, name: str, data_type: T.DataType, placeholders: list[str], grid: Column) -> list[Column]:
     kind = _kind(data_type)
     column = _quoted(name)
     if kind == "numeric":
@@ -196,7 +198,7 @@ def _column_aggregates(index: int, name: str, data_type: T.DataType, placeholder
             F.min(value).alias(f"min{index}"),
             F.max(value).alias(f"max{index}"),
             F.approx_count_distinct(value).alias(f"d{index}"),
-            F.percentile_approx(value, PERCENTILE_GRID, QUANTILE_ACCURACY).alias(f"q{index}"),
+            F.percentile_approx(value, grid, QUANTILE_ACCURACY).alias(f"q{index}"),
             F.sum(F.when(value != F.floor(value), 1).otherwise(0)).alias(f"fractional{index}"),
         ]
     if kind == "text":
@@ -346,6 +348,9 @@ def feature_statistics(
 
 
 def _feature_tests(values: np.ndarray) -> dict[str, Any]:
+    # scipy.stats takes about a third of a second to import, so run_analysis loads it while Spark starts.
+    from scipy import stats as scipy_stats
+
     values = values[np.isfinite(values)]
     n = int(values.size)
     result: dict[str, Any] = {"n": n}
@@ -408,6 +413,8 @@ def _rounded(value: Any) -> float | None:
 def _correlated_pairs(
     sample: pd.DataFrame, features: list[str], pearson: pd.DataFrame, spearman: pd.DataFrame, threshold: float
 ) -> list[dict[str, Any]]:
+    from scipy import stats as scipy_stats
+
     pairs: list[dict[str, Any]] = []
     for i, a in enumerate(features):
         for b in features[i + 1 :]:

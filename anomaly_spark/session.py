@@ -14,12 +14,21 @@ from pyspark.sql import SparkSession
 
 from .class_archive import ClassArchive, user_chose_archive
 
-__all__ = ["DELTA_PACKAGE", "create_spark_session", "is_small_local_source"]
+__all__ = ["DELTA_PACKAGE", "SMALL_INPUT_SQL", "create_spark_session", "is_small_local_source"]
 
 logger = logging.getLogger(__name__)
 
 # Delta Lake's jar for the Spark 4.0 line, Scala 2.13; it matches the delta-spark wheel pinned in pyproject.toml.
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
+
+# Spark SQL settings of a local session started for a small input, unless the config sets them.
+# A run on little data plans about 70 queries and processes few rows in each. Without whole-stage
+# code generation, no query waits for Java source to be generated and compiled. Without adaptive
+# execution, no query is planned again after each shuffle.
+SMALL_INPUT_SQL = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.adaptive.enabled": "false",
+}
 
 
 def create_spark_session(
@@ -27,7 +36,7 @@ def create_spark_session(
     app_name: str = "anomaly-spark",
     conf: Mapping[str, str] | None = None,
     class_archive: Path | None = None,
-    quick_jit: bool = False,
+    small_input: bool = False,
 ) -> SparkSession:
     """Create (or reuse) a SparkSession with the Delta Lake extension and catalog.
 
@@ -41,10 +50,10 @@ def create_spark_session(
 
     With ``class_archive``, a folder, a driver JVM started here reads its
     classes from a class-data archive in that folder, or writes one when it
-    exits (see :mod:`anomaly_spark.class_archive`). With ``quick_jit``, a
-    local driver JVM started here compiles with its quick JIT tier only,
-    which suits a run on little data: it saves seconds of compilation but
-    runs long loops slower.
+    exits (see :mod:`anomaly_spark.class_archive`). With ``small_input``,
+    a local driver JVM started here compiles with its quick JIT tier only
+    and its SQL runs with :data:`SMALL_INPUT_SQL`, which suits a run on
+    little data: it saves seconds of compilation but runs long loops slower.
     """
     submitted = _submitted_master()
     if submitted:
@@ -71,8 +80,15 @@ def create_spark_session(
     # Only a JVM that starts here can take these options. Under spark-submit it is already running.
     starts_here = "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._active_spark_context is None
     added: list[str] = []
-    if starts_here and quick_jit and master and master.startswith("local") and "Tiered" not in java_options:
+    small_local = starts_here and small_input and bool(master) and str(master).startswith("local")
+    if small_local and "Tiered" not in java_options:
         added.append("-XX:TieredStopAtLevel=1")
+    sql_chosen: list[str] = []
+    if small_local:
+        for key, value in SMALL_INPUT_SQL.items():
+            if key not in settings:
+                settings[key] = value
+                sql_chosen.append(f"{key}={value}")
     if starts_here and class_archive is not None and not user_chose_archive(java_options):
         archive = ClassArchive(class_archive, settings)
         options = archive.java_options()
@@ -86,6 +102,8 @@ def create_spark_session(
         if archive is not None:
             chosen.append(f"class archive {archive.path}" if archive.path.is_file() else "class archive written at exit")
         logger.info("driver JVM: %s", ", ".join(chosen))
+    if sql_chosen:
+        logger.info("small input: %s", ", ".join(sql_chosen))
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

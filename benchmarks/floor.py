@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         "--class-archive", action=argparse.BooleanOptionalAction, default=True, help="start the JVM from the job's class-data archive (default: on)"
     )
     parser.add_argument(
-        "--quick-jit",
+        "--small-input",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="quick JIT tier only (default: as the job decides from the size of --source)",
+        help="the job's small-input settings: quick JIT tier only, no whole-stage code generation, no adaptive "
+        "execution (default: as the job decides from the size of --source)",
     )
     args = parser.parse_args(argv)
     shutil.rmtree(args.output, ignore_errors=True)
@@ -64,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--conf {item!r} is not KEY=VALUE")
         conf[key] = value
-    quick_jit = args.quick_jit
-    if quick_jit is None:
-        quick_jit = is_small_local_source(str(args.source), float(config.get("spark.quick_jit_max_mb")))
+    small_input = args.small_input
+    if small_input is None:
+        small_input = is_small_local_source(str(args.source), float(config.get("spark.small_input_max_mb")))
     archive = archive_folder(config) if args.class_archive else None
-    spark = create_spark_session(args.master, "anomaly-spark-floor", conf, class_archive=archive, quick_jit=quick_jit)
+    spark = create_spark_session(args.master, "anomaly-spark-floor", conf, class_archive=archive, small_input=small_input)
     step("Spark session with Delta")
     source = spark.read.parquet(str(args.source))
     rows = source.count()

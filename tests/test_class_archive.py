@@ -17,7 +17,7 @@ from anomaly_spark.session import is_small_local_source
 
 # Starts a local session with the archive folder given as argv[1], runs one query and exits.
 # argv[2] is a file for the JVM's class-loading log, which names the source of every class.
-# argv[3] is "quick" for a JVM with the quick JIT tier only. The script prints the JVM's options.
+# argv[3] is "quick" for a session with the small-input settings. The script prints the JVM's options.
 _SCRIPT = textwrap.dedent(
     """
     import logging
@@ -29,9 +29,10 @@ _SCRIPT = textwrap.dedent(
         "class-archive-test",
         {"spark.ui.enabled": "false", "spark.driver.extraJavaOptions": "-Xlog:class+load=info:file=" + sys.argv[2]},
         class_archive=sys.argv[1],
-        quick_jit=sys.argv[3] == "quick",
+        small_input=sys.argv[3] == "quick",
     )
     print("rows", spark.range(7).count())
+    print("sql", spark.conf.get("spark.sql.codegen.wholeStage"), spark.conf.get("spark.sql.adaptive.enabled"))
     print("options", list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()))
     """
 )
@@ -55,6 +56,7 @@ def test_archive_written_read_and_replaced(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "rows 7" in first.stdout
     assert "-XX:TieredStopAtLevel=1" not in first.stdout
+    assert "sql true true" in first.stdout
     assert not list(folder.glob("spark-*.jsa"))
     assert len(list(folder.glob("spark-*.seen"))) == 1
 
@@ -75,6 +77,8 @@ def test_archive_written_read_and_replaced(tmp_path: Path) -> None:
     assert third.returncode == 0, third.stderr
     assert "rows 7" in third.stdout
     assert "-XX:TieredStopAtLevel=1" in third.stdout
+    # A small input also runs its SQL without whole-stage code generation and adaptive execution.
+    assert "sql false false" in third.stdout
     # Classes mapped from the dynamic archive are logged with this source.
     assert "shared objects file (top)" in class_log.read_text()
     assert list(folder.glob("spark-*.jsa")) == archives
@@ -149,6 +153,6 @@ def test_small_source_measured_on_disk(tmp_path: Path) -> None:
     assert is_small_local_source(str(small), 1)
     assert is_small_local_source(str(folder), 4)
     assert not is_small_local_source(str(folder), 2)
-    assert not is_small_local_source(str(small), 0), "0 turns the quick JIT off"
+    assert not is_small_local_source(str(small), 0), "0 turns the small-input settings off"
     assert not is_small_local_source(str(tmp_path / "missing.csv"), 32)
     assert not is_small_local_source("http://127.0.0.1:1/items", 32)

@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import types as T
 
 from anomaly_spark.config import load_config
-from anomaly_spark.ingest import IngestError, _committed_rows, ingest_source
+from anomaly_spark.ingest import IngestError, _committed_counts, ingest_source
 
 
 def _ingest(spark: Any, output: Path, run_id: str, **settings: Any) -> Any:
@@ -135,15 +135,20 @@ def test_ingest_explode_unknown_path_fails(spark: Any, api_samples_dir: Path, ou
     assert "weather" in str(caught.value)
 
 
-def test_ingest_takes_row_count_from_its_own_commit(spark: Any, output_dir: Path, tmp_path: Path) -> None:
+def test_ingest_counts_from_own_commit(spark: Any, output_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "readings.json"
     source.write_text("\n".join(json.dumps({"x": float(i), "y": i % 3}) for i in range(7)))
     _ingest(spark, output_dir, "commit-1", **{"source.path": str(source)})
     result = _ingest(spark, output_dir, "commit-2", **{"source.path": str(source)})
     flat = output_dir / "delta" / "flat"
     # The commit of each run is found by its tag among the later commits of other runs.
-    assert _committed_rows(spark, flat, "anomaly-spark run commit-1") == 7
-    assert _committed_rows(spark, flat, "anomaly-spark run commit-2") == result.rows == 7
-    assert _committed_rows(spark, flat, "anomaly-spark run absent") is None
+    first = _committed_counts(spark, flat, "anomaly-spark run commit-1")
+    second = _committed_counts(spark, flat, "anomaly-spark run commit-2")
+    assert first is not None and first[0] == 7
+    assert second is not None and second[0] == result.rows == 7
+    # The file count is that of the run's own partition of the table.
+    snapshot = spark.read.format("delta").load(str(flat)).filter("run_id = 'commit-2'")
+    assert second[1] == len(snapshot.inputFiles()) >= 1
+    assert _committed_counts(spark, flat, "anomaly-spark run absent") is None
     assert result.flat.is_cached
     result.flat.unpersist()

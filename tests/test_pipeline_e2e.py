@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +18,7 @@ from click.testing import CliRunner
 
 from anomaly_spark.cli import cli
 from anomaly_spark.config import load_config
-from anomaly_spark.pipeline import RunResult, _InBackground, _wait_background, run_analysis
+from anomaly_spark.pipeline import RunResult, _import_in_background, _InBackground, _wait_background, run_analysis
 
 from .apiserver import ApiServer
 
@@ -210,3 +213,22 @@ def test_background_write_error_reaches_the_run(spark: Any, caplog: pytest.LogCa
     with caplog.at_level("ERROR", logger="anomaly_spark.pipeline"):
         _wait_background(context, failing=True)  # type: ignore[arg-type]
     assert "third write failed: RuntimeError: disk full" in caplog.text
+
+
+def test_pipeline_import_defers_plots_and_scipy() -> None:
+    # A run imports these while the driver JVM starts, so importing the pipeline must not load them first.
+    code = "import sys, anomaly_spark.pipeline; print(sorted(m for m in ('matplotlib', 'scipy.stats') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_import_in_background_loads_modules() -> None:
+    sys.modules.pop("xml.dom.minidom", None)
+    _import_in_background(["xml.dom.minidom", "anomaly_spark_no_such_module"])
+    for thread in threading.enumerate():
+        if thread.name == "anomaly-spark-imports":
+            thread.join(timeout=60)
+    assert "xml.dom.minidom" in sys.modules
+    # A module that fails to import stops the thread without raising. The stage that needs it raises.
+    assert "anomaly_spark_no_such_module" not in sys.modules

@@ -333,8 +333,10 @@ def ingest_source(
             f"cannot append the flattened rows to {flat_path}: {str(exc).splitlines()[0]}. "
             "A column changed its type since an earlier run; write this source to its own --output folder."
         ) from None
-    written = _committed_rows(spark, flat_path, commit_tag)
-    snapshot = read_flat_snapshot(spark, output, run_id, list(mapping.values()), expected_rows=written)
+    written_rows, written_files = _committed_counts(spark, flat_path, commit_tag) or (None, None)
+    snapshot = read_flat_snapshot(
+        spark, output, run_id, list(mapping.values()), expected_rows=written_rows, expected_files=written_files
+    )
     rows = snapshot.count()
     if rows == 0:
         raise IngestError(f"the source {shown_source} contains no records; check the path, the format and source.records_path")
@@ -403,24 +405,29 @@ def _align_to_table(flat: DataFrame, table_types: dict[str, T.DataType], flat_pa
     return flat.select(*columns)
 
 
-def _committed_rows(spark: SparkSession, path: Path, tag: str) -> int | None:
-    """Return the rows written by the recent commit to the Delta table at ``path`` whose user metadata is ``tag``.
+def _committed_counts(spark: SparkSession, path: Path, tag: str) -> tuple[int, int] | None:
+    """Return the rows and files that the recent commit with user metadata ``tag`` wrote to the Delta table at ``path``.
 
     None when none of the last ``_HISTORY_LOOKBACK`` commits carries ``tag`` or
-    the commit has no row count.
+    the commit has no row or file count.
     """
     from delta.tables import DeltaTable
 
     history = DeltaTable.forPath(spark, str(path)).history(_HISTORY_LOOKBACK)
     for row in history.filter(F.col("userMetadata") == tag).select("operationMetrics").collect():
-        value = (row["operationMetrics"] or {}).get("numOutputRows")
-        if value is not None:
-            return int(value)
+        metrics = row["operationMetrics"] or {}
+        if metrics.get("numOutputRows") is not None and metrics.get("numFiles") is not None:
+            return int(metrics["numOutputRows"]), int(metrics["numFiles"])
     return None
 
 
 def read_flat_snapshot(
-    spark: SparkSession, output: Path, run_id: str, columns: list[str], expected_rows: int | None = None
+    spark: SparkSession,
+    output: Path,
+    run_id: str,
+    columns: list[str],
+    expected_rows: int | None = None,
+    expected_files: int | None = None,
 ) -> DataFrame:
     """Read one run's flattened rows back from the flat Delta table, with this run's columns only.
 
@@ -430,7 +437,9 @@ def read_flat_snapshot(
     than :data:`~anomaly_spark.storage.MEMORY_CACHE_CELLS` cells. The
     caller's first action fills the cache, and ``unpersist`` releases it.
     ``expected_rows``, when known, chooses the storage level; otherwise a
-    count of the rows does.
+    count of the rows does. Rows held in fewer files than the default
+    parallelism are spread over the cores. ``expected_files``, when known,
+    is that number of files; otherwise the table's file list gives it.
     """
     table = spark.read.format("delta").load(str(output / "delta" / "flat"))
     snapshot = table.filter(F.col(RUN_ID) == run_id).select(ROW_ID, *[F.col(f"`{c}`") for c in columns])
@@ -438,7 +447,9 @@ def read_flat_snapshot(
     rows = expected_rows if expected_rows is not None else snapshot.count()
     # A small input is often one file, so one partition, and every later pass would run on one core.
     # Round-robin repartitioning sorts each input partition first, so the row order stays deterministic.
+    # The file count decides in a run and in its replay alike, and needs no plan of the scan.
     parallelism = spark.sparkContext.defaultParallelism
-    if snapshot.rdd.getNumPartitions() < parallelism:
+    files = expected_files if expected_files is not None else len(snapshot.inputFiles())
+    if files < parallelism:
         snapshot = snapshot.repartition(parallelism)
     return snapshot.persist(storage_level(rows, len(columns) + 1))
