@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from anomaly_spark.config import load_config  # noqa: E402
+from anomaly_spark.detectors.builtin import IsolationForestDetector  # noqa: E402
 from anomaly_spark.evaluate import METRIC_DIRECTIONS  # noqa: E402
 from anomaly_spark.pipeline import run_analysis  # noqa: E402
 from anomaly_spark.session import create_spark_session  # noqa: E402
@@ -77,7 +78,8 @@ def _sklearn_forest_auc(path: Path, seed: int) -> float:
     frame = pd.read_csv(path)
     labels = frame.pop("label").to_numpy()
     x = StandardScaler().fit_transform(frame.to_numpy(dtype=float))
-    forest = IsolationForest(n_estimators=200, max_samples=min(256, len(x)), random_state=seed).fit(x)
+    trees = IsolationForestDetector.params_spec["n_estimators"].default
+    forest = IsolationForest(n_estimators=trees, max_samples=min(256, len(x)), random_state=seed).fit(x)
     return float(roc_auc_score(labels, -forest.score_samples(x)))
 
 
@@ -214,7 +216,8 @@ def _markdown(records: list[dict[str, Any]], forest: dict[str, float], command: 
             "### Isolation Forest on a bounded sample against scikit-learn on all rows",
             "",
             "Ours: scikit-learn trees fitted on at most `detection.max_train_rows` rows, scored on Spark. Reference: "
-            "scikit-learn's IsolationForest (200 trees, 256 rows per tree, seed 42) fitted and scored on all standardized rows.",
+            f"scikit-learn's IsolationForest ({IsolationForestDetector.params_spec['n_estimators'].default} trees, 256 rows "
+            "per tree, seed 42) fitted and scored on all standardized rows.",
             "",
             "| table | ours | scikit-learn, all rows | difference |",
             "|---|---|---|---|",

@@ -235,7 +235,7 @@ class IsolationForestDetector(Detector):
 
     name = "isolation_forest"
     params_spec = {
-        "n_estimators": ParamSpec(int, 200, 10, 5000, doc="number of trees", grid=(100, 200, 400)),
+        "n_estimators": ParamSpec(int, 100, 10, 5000, doc="number of trees", grid=(100, 200, 400)),
         "max_samples": ParamSpec(int, 256, 16, 1_000_000, doc="rows per tree", grid=(64, 256, 1024)),
         "max_features": ParamSpec(float, 1.0, 0.05, 1.0, doc="share of features each tree draws", grid=(0.5, 1.0)),
     }
