@@ -637,6 +637,7 @@ def _write_artifacts(
     ingested: IngestResult,
 ) -> Path:
     config, run_dir, summary = context.config, context.run_dir, context.summary
+    started = time.perf_counter()
     key_column = selection.id_column or ROW_ID
     artifacts: dict[str, str] = {}
 
@@ -703,6 +704,8 @@ def _write_artifacts(
     report_path = render_report(summary, top_anomalies, plots, run_dir / "report.html")
     _append_history(context, results, best)
     write_run_doc(run_dir / "run.md", summary, context.drift, context.retrain)
+    # This stage writes the summary, so its time is measured up to here. log.jsonl has the whole stage.
+    summary["timings_s"] = {**context.timings, "artifacts": round(time.perf_counter() - started, 3)}
     write_json(run_dir / "run_summary.json", summary)
     return report_path
 

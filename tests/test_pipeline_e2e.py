@@ -60,6 +60,9 @@ def _assert_run_artifacts(result: RunResult) -> dict[str, Any]:
     assert len(summary["models"]) >= 3
     assert sorted(m["rank"] for m in summary["models"]) == list(range(1, len(summary["models"]) + 1))
     assert summary["best_model"]["rationale"]
+    stages = ["ingest", "validate", "features", "profile", "preprocess", "train", "evaluate", "drift", "artifacts"]
+    assert list(summary["timings_s"]) == stages
+    assert summary["timings_s"]["artifacts"] > 0
     # Every detector's fit is logged with the run id in log.jsonl.
     records = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     fitted = {r["message"].split()[1] for r in records if r["message"].startswith("fitted ") and r["run_id"] == result.run_id}
