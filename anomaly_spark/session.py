@@ -52,8 +52,9 @@ def create_spark_session(
     classes from a class-data archive in that folder, or writes one when it
     exits (see :mod:`anomaly_spark.class_archive`). With ``small_input``,
     a local driver JVM started here compiles with its quick JIT tier only
-    and its SQL runs with :data:`SMALL_INPUT_SQL`, which suits a run on
-    little data: it saves seconds of compilation but runs long loops slower.
+    and its SQL runs with :data:`SMALL_INPUT_SQL`. That suits a run on
+    little data, because it saves seconds of compilation, but it runs long
+    loops slower.
     """
     submitted = _submitted_master()
     if submitted:
@@ -103,7 +104,7 @@ def create_spark_session(
             chosen.append(f"class archive {archive.path}" if archive.path.is_file() else "class archive written at exit")
         logger.info("driver JVM: %s", ", ".join(chosen))
     if sql_chosen:
-        logger.info("small input: %s", ", ".join(sql_chosen))
+        logger.info("small local input: Spark SQL runs with %s", ", ".join(sql_chosen))
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

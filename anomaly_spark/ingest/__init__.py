@@ -447,7 +447,7 @@ def read_flat_snapshot(
     rows = expected_rows if expected_rows is not None else snapshot.count()
     # A small input is often one file, so one partition, and every later pass would run on one core.
     # Round-robin repartitioning sorts each input partition first, so the row order stays deterministic.
-    # The file count decides in a run and in its replay alike, and needs no plan of the scan.
+    # A run and its replay decide by the same number: the files that hold the run's rows.
     parallelism = spark.sparkContext.defaultParallelism
     files = expected_files if expected_files is not None else len(snapshot.inputFiles())
     if files < parallelism:
